@@ -1,0 +1,64 @@
+"""Settings: one typed registry with documented defaults.
+
+Every tunable of the runtime is declared here once. A setting's environment
+variable is derived from its name (``SHOAL_<NAME>``), so nothing else in the
+package reads ``os.environ`` for configuration.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    name: str
+    type: type
+    default: Any
+    doc: str
+
+    @property
+    def env_var(self) -> str:
+        return "SHOAL_" + self.name.upper()
+
+    def read(self) -> Any:
+        raw = os.environ.get(self.env_var)
+        if raw is None:
+            return self.default
+        if self.type is bool:
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        try:
+            return self.type(raw)
+        except ValueError:
+            raise ValueError(f"{self.env_var}={raw!r} is not a valid {self.type.__name__}") from None
+
+
+SETTINGS = {s.name: s for s in [
+    Setting("inline_threshold", int, 100 * 1024,
+            "Objects whose serialized size is below this many bytes travel inline in "
+            "messages; larger ones are written once into the shared-memory store."),
+    Setting("object_store_fraction", float, 0.3,
+            "Default object store size as a fraction of the machine's memory, when "
+            "init() is not given object_store_memory."),
+    Setting("pipeline_depth", int, 8,
+            "How many tasks of the same resource shape may be queued on one busy "
+            "worker when no resources are free (hides the round trip per task)."),
+    Setting("max_task_retries_default", int, 3,
+            "Default max_retries for tasks whose worker process dies."),
+    Setting("worker_start_timeout_s", float, 30.0,
+            "How long a worker process may take to connect before it counts as failed."),
+    Setting("kill_grace_s", float, 1.0,
+            "At shutdown, how long workers get to exit before they are SIGKILLed."),
+    Setting("fail_infeasible", bool, True,
+            "On a single node, fail tasks that can never fit instead of leaving them "
+            "pending (nothing can join to make them fit)."),
+    Setting("worker_skip_site", bool, True,
+            "Start workers with `python -S` and the driver's sys.path, skipping the "
+            "site module's .pth processing (saves ~100 ms per worker start)."),
+]}
+
+
+def get(name: str) -> Any:
+    """The value of setting ``name``: its environment variable if set, else its default."""
+    return SETTINGS[name].read()

@@ -1,0 +1,163 @@
+"""What drivers and workers share: specs, values, context.
+
+Hot paths here: ``submit`` (every ``.remote()``), ``encode_value`` and
+``decode_value`` (every result and ``get``). Keep them short.
+"""
+from __future__ import annotations
+
+import threading
+from collections import deque
+
+from .. import config
+from ..exceptions import SerializationError
+from ..object_ref import ObjectRef, set_ref_log
+from ..scheduler.task import ACTOR_CREATE, STREAMING, TaskSpec, new_task_id, object_id_for
+from ..serialization import deserialize, pack_inline, serialize, write_packed
+from ..transport.messages import ERROR, INLINE, SHM
+
+_EMPTY_ARGS = pack_inline(serialize(((), {})))
+
+
+class TaskContext(threading.local):
+    """What the code running on this thread is part of."""
+    task_id = None
+    task_name = None
+    assigned = None     # ({resource: amount}, gpu_ids)
+
+
+class Core:
+    is_driver = False
+
+    def __init__(self, arena, job_id: bytes, node_id: bytes, namespace: str):
+        self.arena = arena
+        self.job_id = job_id
+        self.node_id = node_id
+        self.namespace = namespace
+        self.inline_threshold = config.get("inline_threshold")
+        self.context = TaskContext()
+        self.actor_id = None
+        self.actor_instance = None
+        self.was_restarted = False
+        self.exported: set = set()
+        self.ref_log: deque = deque()
+        set_ref_log(self.ref_log)
+
+    # ---------------------------------------------------------- values
+    def encode_value(self, value) -> tuple:
+        s = serialize(value)
+        if s.size < self.inline_threshold:
+            data, layout = pack_inline(s)
+            return (INLINE, (data, layout), tuple(s.contained))
+        offset = self.alloc(s.size)
+        try:
+            layout = write_packed(s, self.arena.writable(offset, s.size))
+        except BaseException:
+            self.free_alloc(offset)
+            raise
+        return (SHM, (offset, s.size, layout), tuple(s.contained))
+
+    def decode_value(self, object_id: bytes, value: tuple):
+        kind, payload, _ = value
+        if kind == INLINE:
+            return deserialize(*payload)
+        if kind == SHM:
+            offset, size, layout = payload
+            view = self.arena.view(offset, size, ObjectRef(object_id))
+            return deserialize(view, layout)
+        raise deserialize(*payload)
+
+    def put(self, value) -> ObjectRef:
+        from ..scheduler.task import new_put_id
+        oid = new_put_id()
+        ref = ObjectRef(oid)
+        self.store(oid, self.encode_value(value))
+        return ref
+
+    def get(self, refs: list, timeout):
+        values = self.fetch([r.id for r in refs], timeout)
+        return [self.decode_value(r.id, v) for r, v in zip(refs, values)]
+
+    # ---------------------------------------------------------- submit
+    def export(self, function_id: bytes, blob: bytes) -> None:
+        if function_id not in self.exported:
+            self.exported.add(function_id)
+            self.send_export(function_id, blob)
+
+    def build_spec(self, kind, function_id, name, args, kwargs, num_returns, resources,
+                   max_retries, retry_exceptions, actor_id=None, method=None, options=None):
+        """The spec for a call, and the refs of arguments it put in the store
+        (the caller keeps them alive until the spec is submitted)."""
+        if not args and not kwargs:
+            (packed, layout), deps, contained, holders = _EMPTY_ARGS, (), (), ()
+        else:
+            packed, layout, deps, contained, holders = self._pack_args(name, args, kwargs)
+        spec = TaskSpec(new_task_id(), kind, function_id, name, packed, layout, deps,
+                        num_returns, resources, max_retries, retry_exceptions, contained,
+                        self.context.task_id, actor_id, method, options)
+        return spec, holders
+
+    def _pack_args(self, name, args, kwargs):
+        deps = []
+        holders = []
+        if args and any(type(a) is ObjectRef for a in args):
+            args = list(args)
+            for i, a in enumerate(args):
+                if type(a) is ObjectRef:
+                    deps.append((i, a.id))
+                    args[i] = None
+        if kwargs and any(type(a) is ObjectRef for a in kwargs.values()):
+            kwargs = dict(kwargs)
+            for k, a in kwargs.items():
+                if type(a) is ObjectRef:
+                    deps.append((k, a.id))
+                    kwargs[k] = None
+        try:
+            s = serialize((args, kwargs))
+        except SerializationError:
+            raise self._explain_args(name, args, kwargs) from None
+        if s.size >= self.inline_threshold:
+            # large arguments go to the store once, and travel as refs
+            args = list(args)
+            for i, a in enumerate(args):
+                if a is not None and type(a) is not ObjectRef:
+                    if serialize(a).size >= self.inline_threshold // 4:
+                        ref = self.put(a)
+                        holders.append(ref)
+                        deps.append((i, ref.id))
+                        args[i] = None
+            s = serialize((args, kwargs))
+        packed, layout = pack_inline(s)
+        return packed, layout, tuple(deps), tuple(s.contained), holders
+
+    def _explain_args(self, name, args, kwargs) -> SerializationError:
+        for i, a in enumerate(args or ()):
+            try:
+                serialize(a)
+            except SerializationError as e:
+                return SerializationError(f"argument {i} of {name} cannot be serialized: {e}")
+        for k, a in (kwargs or {}).items():
+            try:
+                serialize(a)
+            except SerializationError as e:
+                return SerializationError(f"keyword argument {k!r} of {name} cannot be "
+                                          f"serialized: {e}")
+        return SerializationError(f"the arguments of {name} cannot be serialized")
+
+    def submit(self, spec: TaskSpec):
+        """Send the spec; returns the refs to its results."""
+        refs = [ObjectRef(oid) for oid in spec.return_ids()]
+        self.send_spec(spec)
+        return refs
+
+
+def return_refs_for(spec: TaskSpec, refs: list):
+    """What ``.remote()`` hands back for ``spec``: one ref, a list, or a generator."""
+    from ..object_ref import ObjectRefGenerator
+    n = spec.num_returns
+    if n == STREAMING:
+        return ObjectRefGenerator(refs[0])
+    if n == 1 or spec.kind == ACTOR_CREATE:
+        return refs[0]
+    if n == 0:
+        return None
+    return refs

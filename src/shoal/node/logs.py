@@ -1,0 +1,60 @@
+"""Relaying worker stdout/stderr to the driver's terminal.
+
+Each line gets Ray's prefix, ``(name pid=123)``, naming the task or actor
+that printed it. A worker announces the name it runs under with a marker
+line (``LABEL_MARKER`` + name) whenever the name changes, on both streams;
+the relay swallows the marker and remembers the name per stream.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+LABEL_MARKER = b"\x1bshoal-label:"
+
+
+class StreamRelay:
+    __slots__ = ("fd", "pid", "to_stderr", "label", "partial", "enabled")
+
+    def __init__(self, fd: int, pid: int, to_stderr: bool, enabled: bool):
+        self.fd = fd
+        self.pid = pid
+        self.to_stderr = to_stderr
+        self.label = "worker"
+        self.partial = b""
+        self.enabled = enabled
+
+    def read(self) -> bool:
+        """Relay what is readable; False at end of stream."""
+        try:
+            data = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return True
+        except OSError:
+            data = b""
+        if not data:
+            if self.partial:
+                self._emit([self.partial])
+                self.partial = b""
+            return False
+        data = self.partial + data
+        lines = data.split(b"\n")
+        self.partial = lines.pop()
+        self._emit(lines)
+        return True
+
+    def _emit(self, lines: list[bytes]) -> None:
+        out = []
+        for line in lines:
+            if line.startswith(LABEL_MARKER):
+                self.label = line[len(LABEL_MARKER):].decode("utf-8", "replace")
+                continue
+            if self.enabled:
+                out.append(f"({self.label} pid={self.pid}) {line.decode('utf-8', 'replace')}\n")
+        if out:
+            stream = sys.stderr if self.to_stderr else sys.stdout
+            try:
+                stream.write("".join(out))
+                stream.flush()
+            except (ValueError, OSError):
+                pass  # the driver's stream is closed (interpreter exit)

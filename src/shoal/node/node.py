@@ -1,0 +1,1045 @@
+"""The node: worker processes, object table, local scheduling, actors.
+
+Threads and locks: the node's state is guarded by ``self.lock``. The driver's
+threads call the public methods (``submit``, ``request``...) directly; the
+loop thread (``loop.py``) reads worker sockets and handles their messages
+under the same lock. Nothing here blocks while holding the lock: output to a
+worker is queued on its non-blocking connection and flushed by the loop.
+
+Who frees what: the object table decides when an object is unreferenced
+(``table.py``); ``_free`` then returns its shared memory to the allocator
+and drops the pins its value held on other objects.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import deque
+
+from .. import config
+from ..exceptions import (ActorDiedError, GetTimeoutError, InfeasibleTaskError,
+                          ObjectStoreFullError, TaskCancelledError, WorkerCrashedError)
+from ..object_store.allocator import Allocator
+from ..object_store.arena import Arena
+from ..object_store.table import ObjectTable
+from ..scheduler.resources import NodeResources
+from ..scheduler.task import ACTOR_CALL, ACTOR_CREATE, STREAMING, TaskSpec, object_id_for
+from ..serialization import pack_inline, serialize
+from ..transport import messages as m
+from ..transport.framing import ConnectionClosed
+from .actors import ActorRecord, ALIVE, DEAD, RESTARTING
+from .logs import StreamRelay
+from .loop import EventLoop
+from .workers import ACTOR as W_ACTOR, BUSY, IDLE, STARTING, spawn_worker
+
+DRIVER = None   # the ``client`` of requests made by the driver in process
+
+QUEUED, WAITING_DEPS, RUNNING, FINISHED = "queued", "waiting", "running", "finished"
+
+
+class TaskRecord:
+    __slots__ = ("spec", "state", "retries_left", "worker", "deps_left", "request", "key",
+                 "cancelled", "children", "gen", "submitted_at")
+
+    def __init__(self, spec: TaskSpec, request: dict, key):
+        self.spec = spec
+        self.state = WAITING_DEPS
+        self.retries_left = spec.max_retries
+        self.worker = None
+        self.deps_left = 0
+        self.request = request      # quantized resources
+        self.key = key              # resource shape, for queueing and pipelining
+        self.cancelled = False
+        self.children = None
+        self.gen = None             # GeneratorState for streaming tasks
+        self.submitted_at = time.time()
+
+
+class GeneratorState:
+    __slots__ = ("count", "done", "waiters", "released")
+
+    def __init__(self):
+        self.count = 0
+        self.done = False
+        self.waiters = []           # (index, reply)
+        self.released = 0           # items below this index no longer pinned for the consumer
+
+
+class Request:
+    """A blocking get/wait from a client, answered when enough objects are ready."""
+    __slots__ = ("ids", "need", "reply", "client", "done", "callback")
+
+    def __init__(self, ids, need, reply, client):
+        self.ids = ids
+        self.need = need
+        self.reply = reply
+        self.client = client
+        self.done = False
+        self.callback = None
+
+
+class Node:
+    def __init__(self, resources: dict[str, float], object_store_memory: int,
+                 log_to_driver: bool, namespace: str, job_id: bytes, node_id: bytes):
+        self.lock = threading.RLock()
+        self.node_id = node_id
+        self.job_id = job_id
+        self.namespace = namespace
+        self.total_resources = dict(resources)
+        self.resources = NodeResources(resources)
+        self.arena = Arena.create(object_store_memory)
+        self.allocator = Allocator(object_store_memory)
+        self.objects = ObjectTable()
+        self.functions: dict[bytes, bytes] = {}
+        self.tasks: dict[bytes, TaskRecord] = {}
+        self.queues: dict[tuple, deque] = {}
+        self.leased: dict[tuple, list] = {}
+        self.workers: dict[bytes, object] = {}
+        self.idle: list = []
+        self.starting = 0
+        self.actors: dict[bytes, ActorRecord] = {}
+        self.pending_actors: deque = deque()
+        self.named: dict[tuple, bytes] = {}
+        self.generators: dict[bytes, GeneratorState] = {}   # until the consumer drops it
+        self.local_deltas: deque = deque()        # the driver's (object_id, +1/-1)
+        self.requests: dict = {}                  # (client, request_id) -> Request
+        self.log_to_driver = log_to_driver
+        self.inline_threshold = config.get("inline_threshold")
+        self.pipeline_depth = config.get("pipeline_depth")
+        self.fail_infeasible = config.get("fail_infeasible")
+        self.target_pool = max(1, int(resources.get("CPU", 1)))
+        self.stopped = False
+        self.worker_env = {"SHOAL_JOB_ID": job_id.hex(), "SHOAL_NODE_ID": node_id.hex(),
+                           "SHOAL_NAMESPACE": namespace}
+        self.loop = EventLoop()
+        self.loop.start()
+        self.loop.call_soon(self._grow_pool, self.target_pool)
+
+    # ------------------------------------------------------------------ refs
+    def _apply_local_deltas(self, freed: list) -> None:
+        """Apply the driver's ref changes, in the order they happened."""
+        pop = self.local_deltas.popleft
+        objects = self.objects
+        try:
+            while True:
+                oid, d = pop()
+                if d > 0:
+                    objects.add_ref(oid, d)
+                else:
+                    objects.remove_ref(oid, -d, freed)
+        except IndexError:
+            pass
+
+    def _free(self, freed: list) -> None:
+        """Release what freed objects held; may free more in turn."""
+        while freed:
+            oid, e = freed.pop()
+            value = e.value
+            if value is not None:
+                if e.shm_offset is not None:
+                    self.allocator.free(e.shm_offset)
+                for inner in value[2]:
+                    self.objects.unpin(inner, freed)
+            if oid[12:] == b"\0\0\0\1":   # a task's first return: an actor handle or a generator
+                actor = self.actors.get(oid[:12])
+                if actor is not None:
+                    self._actor_out_of_scope(actor)
+                gen = self.generators.pop(oid[:12], None)
+                if gen is not None:
+                    for i in range(gen.released, gen.count):
+                        self.objects.unpin(object_id_for(oid[:12], i + 2), freed)
+                    gen.released = gen.count
+
+    def _discard_value(self, value: tuple) -> None:
+        if value[0] == m.SHM:
+            self.allocator.free(value[1][0])
+
+    # ------------------------------------------------------------ submitting
+    def submit(self, spec: TaskSpec, client=DRIVER) -> None:
+        with self.lock:
+            freed: list = []
+            self._apply_local_deltas(freed)
+            self._submit(spec, client)
+            self._free(freed)
+
+    def _submit(self, spec: TaskSpec, client) -> None:
+        request = NodeResources.quantize(spec.resources) if spec.resources else {}
+        rec = TaskRecord(spec, request, tuple(sorted(request.items())))
+        tid = spec.task_id
+        self.tasks[tid] = rec
+        objects = self.objects
+        for rid in spec.return_ids():
+            objects.ensure(rid)
+        if spec.num_returns == STREAMING:
+            rec.gen = self.generators[tid] = GeneratorState()
+        for _, dep in spec.deps:
+            objects.pin(dep)
+        for inner in spec.contained:
+            objects.pin(inner)
+        if spec.parent_id is not None:
+            parent = self.tasks.get(spec.parent_id)
+            if parent is not None:
+                if parent.children is None:
+                    parent.children = []
+                parent.children.append(tid)
+        if spec.kind == ACTOR_CALL:
+            actor = self.actors.get(spec.actor_id)
+            objects.pin(object_id_for(spec.actor_id, 1))
+            if actor is None or actor.state == DEAD:
+                self._finish(rec, self._error_value(ActorDiedError(
+                    actor.death_message() if actor else "The actor does not exist.",
+                    spec.actor_id.hex())))
+                return
+            self._wait_deps(rec)
+            actor.queue.append(rec)
+            self._pump_actor(actor)
+            return
+        if spec.kind == ACTOR_CREATE:
+            actor = ActorRecord(spec, request)
+            self.actors[spec.task_id] = actor
+            if actor.detached:
+                objects.pin(actor.handle_id)
+        reason = self.resources.infeasible_reason(request)
+        if reason is not None:
+            err = InfeasibleTaskError(
+                f"{spec.name} cannot be scheduled: {reason}. Lower its resource request "
+                f"or start shoal with more (shoal.init(num_cpus=..., num_gpus=..., resources=...)).")
+            if self.fail_infeasible:
+                if spec.kind == ACTOR_CREATE:
+                    self._actor_dead(self.actors[tid], str(err))
+                self._finish(rec, self._error_value(err))
+                return
+        self._wait_deps(rec)
+        if rec.deps_left == 0:
+            self._ready(rec)
+
+    def _wait_deps(self, rec: TaskRecord) -> None:
+        objects = self.objects
+        for _, dep in rec.spec.deps:
+            e = objects.get(dep)
+            if e is None or e.value is None:
+                rec.deps_left += 1
+                objects.add_waiter(dep, lambda oid, e, rec=rec: self._dep_ready(rec))
+
+    def _dep_ready(self, rec: TaskRecord) -> None:
+        rec.deps_left -= 1
+        if rec.deps_left == 0 and rec.state == WAITING_DEPS:
+            if rec.spec.kind == ACTOR_CALL:
+                actor = self.actors.get(rec.spec.actor_id)
+                if actor is not None:
+                    self._pump_actor(actor)
+            else:
+                self._ready(rec)
+
+    def _ready(self, rec: TaskRecord) -> None:
+        rec.state = QUEUED
+        if rec.spec.kind == ACTOR_CREATE:
+            self.pending_actors.append(self.actors[rec.spec.task_id])
+        else:
+            q = self.queues.get(rec.key)
+            if q is None:
+                q = self.queues[rec.key] = deque()
+            q.append(rec)
+        self._schedule()
+
+    # ------------------------------------------------------------ scheduling
+    def _schedule(self) -> None:
+        if self.pending_actors:
+            self._schedule_actors()
+        for key in list(self.queues):
+            q = self.queues[key]
+            while q:
+                rec = q[0]
+                if rec.state != QUEUED:
+                    q.popleft()
+                    continue
+                assignment = self.resources.try_acquire(rec.request)
+                if assignment is not None:
+                    w = self.idle.pop() if self.idle else None
+                    if w is not None:
+                        q.popleft()
+                        w.state = BUSY
+                        w.lease, w.lease_key = assignment, key
+                        self.leased.setdefault(key, []).append(w)
+                        self._execute(w, rec)
+                        continue
+                    self.resources.release(assignment)
+                    self._want_workers(len(q))
+                w = self._pipeline_target(key)
+                if w is None:
+                    break
+                q.popleft()
+                self._execute(w, rec)
+            if not q:
+                del self.queues[key]
+
+    def _pipeline_target(self, key):
+        best = None
+        for w in self.leased.get(key, ()):
+            n = len(w.inflight)
+            if not w.blocked and n < self.pipeline_depth and (best is None or n < len(best.inflight)):
+                best = w
+        return best
+
+    def _want_workers(self, backlog: int) -> None:
+        limit = self.target_pool
+        if self.starting < min(backlog, limit):
+            self.loop.call_soon(self._grow_pool, min(backlog, limit) - self.starting)
+            self.starting = min(backlog, limit)
+
+    def _execute(self, w, rec: TaskRecord) -> None:
+        spec = rec.spec
+        rec.state = RUNNING
+        rec.worker = w
+        w.inflight[spec.task_id] = rec
+        fid = spec.function_id
+        blob = None
+        if fid is not None and fid not in w.functions:
+            blob = self.functions.get(fid)
+            w.functions.add(fid)
+        objects = self.objects
+        dep_values = []
+        for key, dep in spec.deps:
+            value = objects.entries[dep].value
+            if value[0] == m.ERROR:   # an argument failed: so does this task, without running
+                w.inflight.pop(spec.task_id)
+                self._finish(rec, value)
+                self._worker_maybe_idle(w)
+                return
+            dep_values.append((key, value))
+        lease = w.lease
+        assigned = None
+        if lease is not None and (lease.gpu_ids or rec.request):
+            assigned = (lease.describe(), lease.gpu_ids)
+        elif w.actor is not None and w.actor.assignment is not None:
+            a = w.actor.assignment
+            assigned = (a.describe(), a.gpu_ids)
+        self._send(w, (m.EXECUTE, spec.to_wire(), blob, dep_values, assigned))
+
+    def _send(self, w, message: tuple) -> None:
+        if w.conn.queue(message):
+            self.loop.call_soon(self._watch_writable, w)
+
+    def _watch_writable(self, w) -> None:
+        self.loop.set_writer(w.conn.fileno(), self._on_writable, w, True)
+
+    def _on_writable(self, w) -> None:
+        with self.lock:
+            left = w.conn.flush()
+        if not left:
+            self.loop.set_writer(w.conn.fileno(), None, w, False)
+
+    def _worker_maybe_idle(self, w) -> None:
+        if w.inflight or w.actor is not None or w.state != BUSY:
+            return
+        if w.lease is not None:
+            if not w.blocked:
+                self.resources.release(w.lease)
+            self.leased[w.lease_key].remove(w)
+            w.lease = w.lease_key = None
+        w.state = IDLE
+        self.idle.append(w)
+
+    # ---------------------------------------------------------- worker pool
+    def _grow_pool(self, n: int) -> None:
+        """Start ``n`` workers (loop thread only: see loop.py on PDEATHSIG)."""
+        for _ in range(n):
+            if self.stopped:
+                return
+            try:
+                w = spawn_worker(os.urandom(8), self.arena.fd, self.arena.size, self.worker_env)
+            except OSError as e:
+                with self.lock:
+                    self.starting = max(0, self.starting - 1)
+                self.loop.on_error and self.loop.on_error(e)
+                return
+            with self.lock:
+                self.workers[w.worker_id] = w
+            self.loop.add_reader(w.conn.fileno(), self._on_readable, w)
+            for fd, to_err in ((w.proc.stdout.fileno(), False), (w.proc.stderr.fileno(), True)):
+                os.set_blocking(fd, False)
+                relay = StreamRelay(fd, w.pid, to_err, self.log_to_driver)
+                self.loop.add_reader(fd, self._on_output, (w, relay))
+            self.loop.call_later(config.get("worker_start_timeout_s"), self._check_started, w)
+
+    def _check_started(self, w) -> None:
+        if w.state == STARTING and w.proc.poll() is None:
+            w.proc.kill()   # never connected; its EOF cleans up
+
+    def _on_output(self, arg) -> None:
+        w, relay = arg
+        if not relay.read():
+            self.loop.remove(relay.fd)
+            w.out_pipes -= 1
+
+    # ------------------------------------------------------------- messages
+    def _on_readable(self, w) -> None:
+        try:
+            msgs = w.conn.read_messages()
+        except ConnectionClosed:
+            self._on_worker_lost(w)
+            return
+        if not msgs:
+            return
+        with self.lock:
+            freed: list = []
+            self._apply_local_deltas(freed)
+            for msg in msgs:
+                self._handlers[msg[0]](self, w, msg, freed)
+            self._free(freed)
+
+    def _h_hello(self, w, msg, freed) -> None:
+        if msg[1] != m.PROTOCOL_VERSION:
+            w.proc.kill()
+            return
+        self.starting = max(0, self.starting - 1)
+        if self.stopped:
+            return
+        w.state = IDLE
+        self.idle.append(w)
+        self._schedule()
+
+    def _h_submit(self, w, msg, freed) -> None:
+        self._submit(TaskSpec.from_wire(msg[1]), w)
+
+    def _h_export(self, w, msg, freed) -> None:
+        self.functions[msg[1]] = msg[2]
+
+    def _h_refs(self, w, msg, freed) -> None:
+        objects, held = self.objects, w.held
+        for oid, n in msg[1]:
+            objects.add_ref(oid, n)
+            held[oid] = held.get(oid, 0) + n
+        for oid, n in msg[2]:
+            left = held.get(oid, 0) - n
+            if left > 0:
+                held[oid] = left
+            else:
+                held.pop(oid, None)
+            objects.remove_ref(oid, n, freed)
+
+    def _h_put(self, w, msg, freed) -> None:
+        self._store(msg[1], msg[2], freed)
+
+    def _h_done(self, w, msg, freed) -> None:
+        _, task_id, results, retryable = msg
+        rec = w.inflight.pop(task_id, None)
+        if rec is None:
+            for _, value in results:   # revoked or cancelled meanwhile: not wanted
+                self._discard_value(value)
+            return
+        spec = rec.spec
+        if spec.kind == ACTOR_CREATE:
+            self._actor_created(w.actor, rec, results, freed)
+            return
+        if retryable and not rec.cancelled and rec.retries_left != 0:
+            rec.retries_left -= 1
+            for _, value in results:
+                self._discard_value(value)
+            if spec.kind == ACTOR_CALL:
+                w.actor.queue.appendleft(rec)
+                rec.state = WAITING_DEPS
+                self._pump_actor(w.actor)
+            else:
+                self._requeue(rec)
+                self._worker_maybe_idle(w)
+                self._schedule()
+            return
+        self._finish_with(rec, results, freed)
+        if spec.kind == ACTOR_CALL:
+            self._pump_actor(w.actor)
+        else:
+            self._worker_maybe_idle(w)
+            self._schedule()
+
+    def _h_gen_item(self, w, msg, freed) -> None:
+        _, task_id, index, value = msg
+        rec = self.tasks.get(task_id)
+        if rec is None or rec.gen is None:
+            self._discard_value(value)
+            return
+        gen = rec.gen
+        oid = object_id_for(task_id, index + 2)
+        if task_id in self.generators:
+            self.objects.pin(oid)      # held for the consumer until it asks for the next
+        self._store(oid, value, freed)
+        if index >= gen.count:
+            gen.count = index + 1
+        self._wake_generator(rec)
+
+    def _h_call(self, w, msg, freed) -> None:
+        _, request_id, op, args = msg
+
+        def reply(ok, value, w=w, request_id=request_id):
+            self._send(w, (m.REPLY, request_id, ok, value))
+        self._service(w, request_id, op, args, reply)
+
+    def _h_revoked(self, w, msg, freed) -> None:
+        for tid in msg[1]:
+            rec = w.inflight.pop(tid, None)
+            w.revoking.discard(tid)
+            if rec is not None:
+                self._requeue(rec)
+        self._worker_maybe_idle(w)
+        self._schedule()
+
+    def _h_actor_exit(self, w, msg, freed) -> None:
+        actor = w.actor
+        if actor is not None:
+            actor.no_restart = True
+            actor.exit_reason = "The actor exited by calling exit_actor()."
+
+    _handlers = {m.HELLO: _h_hello, m.SUBMIT: _h_submit, m.EXPORT: _h_export, m.REFS: _h_refs,
+                 m.PUT: _h_put, m.DONE: _h_done, m.GEN_ITEM: _h_gen_item, m.CALL: _h_call,
+                 m.REVOKED: _h_revoked, m.ACTOR_EXIT: _h_actor_exit}
+
+    # -------------------------------------------------------------- results
+    def _store(self, oid: bytes, value: tuple, freed: list) -> None:
+        entry, waiters = self.objects.set_value(oid, value)
+        if entry is None:
+            self._discard_value(value)
+            return
+        if entry.value is not value:     # duplicate delivery
+            self._discard_value(value)
+            return
+        for inner in value[2]:
+            self.objects.pin(inner)
+        if waiters:
+            for cb in waiters:
+                cb(oid, entry)
+        self.objects.release_if_unheld(oid, freed)
+
+    def _finish_with(self, rec: TaskRecord, results: list, freed: list) -> None:
+        for oid, value in results:
+            self._store(oid, value, freed)
+        self._task_ended(rec, freed)
+
+    def _finish(self, rec: TaskRecord, value: tuple) -> None:
+        """End ``rec`` with the same value (an error) for every return."""
+        freed: list = []
+        for oid in rec.spec.return_ids():
+            self._store(oid, value, freed)
+        if rec.gen is not None:
+            rec.gen.done = True
+        self._task_ended(rec, freed)
+        self._free(freed)
+
+    def _task_ended(self, rec: TaskRecord, freed: list) -> None:
+        rec.state = FINISHED
+        spec = rec.spec
+        self.tasks.pop(spec.task_id, None)
+        objects = self.objects
+        for _, dep in spec.deps:
+            objects.unpin(dep, freed)
+        for inner in spec.contained:
+            objects.unpin(inner, freed)
+        if spec.kind == ACTOR_CALL:
+            objects.unpin(object_id_for(spec.actor_id, 1), freed)
+        if rec.gen is not None:
+            rec.gen.done = True
+            self._wake_generator(rec)
+
+    def _requeue(self, rec: TaskRecord) -> None:
+        rec.state = QUEUED
+        rec.worker = None
+        q = self.queues.get(rec.key)
+        if q is None:
+            q = self.queues[rec.key] = deque()
+        q.appendleft(rec)
+
+    def _error_value(self, err: BaseException) -> tuple:
+        data, layout = pack_inline(serialize(err))
+        return (m.ERROR, (data, layout), ())
+
+    # ------------------------------------------------------------- services
+    def request(self, op: str, *args, timeout: float | None = None):
+        """A service call from the driver's own threads; blocks for the reply."""
+        latch = threading.Lock()
+        latch.acquire()
+        box = []
+
+        def reply(ok, value):
+            box.append((ok, value))
+            latch.release()
+        with self.lock:
+            freed: list = []
+            self._apply_local_deltas(freed)
+            self._service(DRIVER, id(latch), op, args, reply)
+            self._free(freed)
+        if not latch.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            with self.lock:
+                self._forget_request(DRIVER, id(latch))
+            if box:   # answered while we gave up
+                return _unwrap(box[0])
+            raise GetTimeoutError(f"{op} timed out after {timeout} s")
+        return _unwrap(box[0])
+
+    def _service(self, client, request_id, op, args, reply) -> None:
+        try:
+            fn = getattr(self, "_svc_" + op)
+        except AttributeError:
+            reply(False, ValueError(f"unknown node service {op!r}"))
+            return
+        try:
+            fn(client, request_id, reply, *args)
+        except Exception as e:  # a bad request must not break the node; the caller sees why
+            reply(False, e)
+
+    def _forget_request(self, client, request_id) -> None:
+        req = self.requests.pop((client, request_id), None)
+        if req is not None and not req.done:
+            req.done = True
+            for oid in req.ids:
+                self.objects.remove_waiter(oid, req.callback)
+            self._unblock(client)
+
+    def _svc_forget(self, client, request_id, reply, target_id) -> None:
+        self._forget_request(client, target_id)
+
+    def _svc_get(self, client, request_id, reply, ids) -> None:
+        self._await_objects(client, request_id, ids, len(ids), reply, values=True)
+
+    def _svc_wait(self, client, request_id, reply, ids, num_returns) -> None:
+        self._await_objects(client, request_id, ids, num_returns, reply, values=False)
+
+    def _await_objects(self, client, request_id, ids, need, reply, values: bool) -> None:
+        objects = self.objects
+        missing = []
+        for oid in ids:
+            e = objects.get(oid)
+            if e is None or e.value is None:
+                missing.append(oid)
+        ready = len(ids) - len(missing)
+
+        def answer():
+            if values:
+                reply(True, [objects.entries[oid].value for oid in ids])
+            else:
+                reply(True, [oid for oid in ids if (e := objects.get(oid)) is not None
+                             and e.value is not None])
+        if ready >= need:
+            answer()
+            return
+        req = Request(ids, need - ready, reply, client)
+
+        def on_ready(oid, entry, req=req):
+            if req.done:
+                return
+            req.need -= 1
+            if req.need <= 0:
+                req.done = True
+                self.requests.pop((client, request_id), None)
+                for other in missing:
+                    objects.remove_waiter(other, req.callback)
+                self._unblock(client)
+                answer()
+        req.callback = on_ready
+        self.requests[(client, request_id)] = req
+        for oid in missing:
+            objects.add_waiter(oid, on_ready)
+        self._block(client)
+
+    def _block(self, w) -> None:
+        """A task worker waits in get/wait: lend its CPU to others and take
+        back the tasks queued behind the waiting one, which could otherwise
+        be the very tasks it waits for."""
+        if w is DRIVER:
+            return
+        w.blocked += 1
+        if w.blocked == 1 and w.actor is None and w.lease is not None:
+            self.resources.release(w.lease)
+            queued = [tid for tid in list(w.inflight)[1:] if tid not in w.revoking]
+            if queued:
+                w.revoking.update(queued)
+                self._send(w, (m.REVOKE, queued))
+            self._schedule()
+
+    def _unblock(self, w) -> None:
+        if w is DRIVER or w.blocked == 0:
+            return
+        w.blocked -= 1
+        if w.blocked == 0 and w.actor is None and w.lease is not None:
+            self.resources.force_acquire(w.lease)
+
+    def _svc_put(self, client, request_id, reply, oid, value) -> None:
+        freed: list = []
+        self._store(oid, value, freed)
+        self._free(freed)
+        reply(True, None)
+
+    def _svc_alloc(self, client, request_id, reply, size) -> None:
+        offset = self.allocator.alloc(size)
+        if offset is None:
+            reply(False, ObjectStoreFullError(
+                f"the object store has no room for an object of {size / 1e6:.1f} MB: "
+                f"{self.allocator.used_bytes / 1e6:.1f} MB of {self.allocator.capacity / 1e6:.1f} MB "
+                f"in use. Free references to objects you no longer need, or start shoal with "
+                f"a larger object_store_memory."))
+        else:
+            reply(True, offset)
+
+    def _svc_free_alloc(self, client, request_id, reply, offset) -> None:
+        self.allocator.free(offset)
+
+    def _svc_generator_next(self, client, request_id, reply, task_id, index) -> None:
+        gen = self.generators.get(task_id)
+        if gen is None:
+            reply(True, None)
+            return
+        if index > gen.released:
+            # the consumer holds its own refs to the items before ``index`` now
+            freed: list = []
+            for i in range(gen.released, min(index, gen.count)):
+                self.objects.unpin(object_id_for(task_id, i + 2), freed)
+            gen.released = index
+            self._free(freed)
+        if index < gen.count:
+            reply(True, object_id_for(task_id, index + 2))
+        elif gen.done:
+            reply(True, None)
+        else:
+            gen.waiters.append((index, reply))
+
+    def _wake_generator(self, rec: TaskRecord) -> None:
+        gen = rec.gen
+        keep = []
+        for index, reply in gen.waiters:
+            if index < gen.count:
+                reply(True, object_id_for(rec.spec.task_id, index + 2))
+            elif gen.done:
+                reply(True, None)
+            else:
+                keep.append((index, reply))
+        gen.waiters = keep
+
+    def _svc_cancel(self, client, request_id, reply, task_id, force, recursive) -> None:
+        self._cancel(task_id, force, recursive)
+        reply(True, None)
+
+    def _cancel(self, task_id: bytes, force: bool, recursive: bool) -> None:
+        rec = self.tasks.get(task_id)
+        if rec is None or rec.cancelled:
+            return
+        spec = rec.spec
+        if force and spec.kind == ACTOR_CALL:
+            raise ValueError("force=True is not supported for actor tasks; use shoal.kill() "
+                             "on the actor instead")
+        rec.cancelled = True
+        if recursive and rec.children:
+            for child in rec.children:
+                self._cancel(child, force, recursive)
+        err = self._error_value(TaskCancelledError(f"task {spec.name} was cancelled"))
+        if rec.state in (WAITING_DEPS, QUEUED):
+            if spec.kind == ACTOR_CALL:
+                actor = self.actors.get(spec.actor_id)
+                if actor is not None and rec in actor.queue:
+                    actor.queue.remove(rec)
+            self._finish(rec, err)
+        elif rec.state == RUNNING:
+            w = rec.worker
+            if force:
+                w.proc.kill()
+            else:
+                self._send(w, (m.CANCEL, task_id))
+                try:
+                    os.kill(w.pid, signal.SIGUSR1)
+                except ProcessLookupError:
+                    pass
+
+    def _svc_kill_actor(self, client, request_id, reply, actor_id, no_restart) -> None:
+        actor = self.actors.get(actor_id)
+        if actor is None:
+            raise ValueError("no such actor")
+        if no_restart:
+            actor.no_restart = True
+            actor.exit_reason = "The actor was killed by shoal.kill()."
+        if actor.worker is not None:
+            actor.worker.proc.kill()
+        elif actor.state != DEAD and no_restart:
+            self._actor_dead(actor, actor.exit_reason)
+        reply(True, None)
+
+    def _svc_register_name(self, client, request_id, reply, name, namespace, actor_id,
+                           get_if_exists) -> None:
+        key = (namespace, name)
+        existing = self.named.get(key)
+        if existing is not None:
+            actor = self.actors.get(existing)
+            if actor is not None and actor.state != DEAD:
+                if get_if_exists:
+                    reply(True, (existing, actor.spec.options.get("handle_meta")))
+                    return
+                raise ValueError(f"an actor named {name!r} already exists in namespace "
+                                 f"{namespace!r}; pass get_if_exists=True to reuse it")
+        self.named[key] = actor_id
+        reply(True, None)
+
+    def _svc_get_actor(self, client, request_id, reply, name, namespace) -> None:
+        actor_id = self.named.get((namespace, name))
+        actor = self.actors.get(actor_id) if actor_id else None
+        if actor is None or actor.state == DEAD:
+            raise ValueError(f"Failed to look up actor with name {name!r} in namespace "
+                             f"{namespace!r}: no such live actor")
+        reply(True, (actor_id, actor.spec.options.get("handle_meta")))
+
+    def _svc_resources(self, client, request_id, reply, which) -> None:
+        r = self.resources
+        if which == "total":
+            out = r.as_floats(r.total)
+        else:
+            out = {k: max(0.0, v) for k, v in r.as_floats(r.available).items()}
+            out = {k: v for k, v in out.items() if v > 0}
+        if "memory" not in out and which == "total":
+            pass
+        out["object_store_memory"] = float(self.allocator.capacity if which == "total"
+                                           else self.allocator.capacity - self.allocator.used_bytes)
+        out[f"node:{self.node_id.hex()[:8]}"] = 1.0
+        reply(True, out)
+
+    def _svc_nodes(self, client, request_id, reply) -> None:
+        r = self.resources
+        reply(True, [{
+            "NodeID": self.node_id.hex(), "Alive": True, "NodeManagerAddress": "127.0.0.1",
+            "Resources": r.as_floats(r.total), "alive": True,
+        }])
+
+    def _svc_put_value(self, client, request_id, reply, oid, value) -> None:
+        self._svc_put(client, request_id, reply, oid, value)
+
+    # --------------------------------------------------------------- actors
+    def _schedule_actors(self) -> None:
+        for _ in range(len(self.pending_actors)):
+            actor = self.pending_actors.popleft()
+            if actor.state == DEAD:
+                continue
+            if actor.assignment is None:
+                actor.assignment = self.resources.try_acquire(actor.request)
+                if actor.assignment is None:
+                    self.pending_actors.append(actor)
+                    continue
+            w = self.idle.pop() if self.idle else None
+            if w is None:
+                self.pending_actors.append(actor)
+                self._want_workers(len(self.pending_actors))
+                continue
+            self._start_actor_on(actor, w)
+        if self.idle == [] and self.starting == 0 and not self.stopped:
+            # keep a warm worker for the next task or actor
+            self._want_workers(1)
+
+    def _start_actor_on(self, actor: ActorRecord, w) -> None:
+        w.state = W_ACTOR
+        w.actor = actor
+        actor.worker = w
+        rec = TaskRecord(actor.spec, actor.request, ())
+        rec.state = RUNNING
+        self._execute(w, rec)
+
+    def _actor_created(self, actor: ActorRecord, rec: TaskRecord, results, freed) -> None:
+        oid, value = results[0]
+        if value[0] == m.ERROR:
+            actor.no_restart = True
+            self._store(oid, value, freed)
+            self._actor_dead(actor, "The actor's constructor raised an error; see the "
+                             "cause above.", cause=value)
+            if actor.worker is not None:
+                self._send(actor.worker, (m.EXIT,))
+            return
+        if actor.num_restarts == 0:
+            self._store(oid, value, freed)
+        actor.state = ALIVE
+        self._pump_actor(actor)
+
+    def _pump_actor(self, actor: ActorRecord) -> None:
+        if actor.state != ALIVE:
+            return
+        q = actor.queue
+        w = actor.worker
+        while q:
+            rec = q[0]
+            if rec.state == FINISHED:
+                q.popleft()
+                continue
+            if rec.deps_left:
+                break
+            q.popleft()
+            self._execute(w, rec)
+
+    def _actor_dead(self, actor: ActorRecord, reason: str, cause: tuple | None = None) -> None:
+        actor.state = DEAD
+        actor.death_reason = reason
+        actor.death_cause = cause
+        if actor.assignment is not None:
+            self.resources.release(actor.assignment)
+            actor.assignment = None
+        name_key = (actor.namespace, actor.name)
+        if actor.name and self.named.get(name_key) == actor.actor_id:
+            del self.named[name_key]
+        err = self._actor_error(actor)
+        while actor.queue:
+            rec = actor.queue.popleft()
+            if rec.state != FINISHED:
+                self._finish(rec, err)
+        rec = self.tasks.get(actor.actor_id)
+        if rec is not None:   # its arguments were kept for restarts; now let them go
+            entry = self.objects.get(actor.handle_id)
+            if entry is not None and entry.value is not None:
+                freed: list = []
+                self._task_ended(rec, freed)
+                self._free(freed)
+            else:
+                self._finish(rec, err)
+
+    def _actor_error(self, actor: ActorRecord) -> tuple:
+        msg = actor.death_message()
+        if actor.death_cause is not None:
+            from ..serialization import deserialize
+            try:
+                cause = deserialize(*actor.death_cause[1])
+                msg = f"{msg}\n\n{cause}"
+            except Exception:
+                pass
+        return self._error_value(ActorDiedError(msg, actor.actor_id.hex()))
+
+    def _actor_out_of_scope(self, actor: ActorRecord) -> None:
+        if actor.state == DEAD or actor.detached:
+            return
+        actor.no_restart = True
+        actor.exit_reason = "All references to the actor were removed."
+        w = actor.worker
+        if w is not None:
+            self._send(w, (m.EXIT,))
+            self.loop.call_later(config.get("kill_grace_s"), _kill_if_alive, w.proc)
+        else:
+            self._actor_dead(actor, actor.exit_reason)
+
+    def _actor_worker_lost(self, actor: ActorRecord, w, exit_desc: str) -> None:
+        actor.worker = None
+        inflight = [r for r in w.inflight.values() if r.spec.kind == ACTOR_CALL]
+        if actor.state == DEAD:
+            return
+        restartable = not actor.no_restart and actor.restarts_left != 0
+        if not restartable:
+            reason = actor.exit_reason or (
+                f"The actor's worker process died unexpectedly: {exit_desc}.")
+            for rec in inflight:
+                if rec.state != FINISHED:
+                    self._finish(rec, self._error_value(ActorDiedError(
+                        f"{reason} (while running {rec.spec.name})", actor.actor_id.hex())))
+            self._actor_dead(actor, reason)
+            return
+        if actor.restarts_left > 0:
+            actor.restarts_left -= 1
+        actor.num_restarts += 1
+        actor.state = RESTARTING
+        retry = []
+        for rec in inflight:
+            if rec.retries_left != 0:
+                if rec.retries_left > 0:
+                    rec.retries_left -= 1
+                rec.state = WAITING_DEPS
+                retry.append(rec)
+            else:
+                self._finish(rec, self._error_value(ActorDiedError(
+                    f"The actor's worker died ({exit_desc}) while running {rec.spec.name}; "
+                    f"the actor is restarting, but max_task_retries does not allow this "
+                    f"call to be retried.", actor.actor_id.hex())))
+        actor.queue.extendleft(reversed(retry))
+        self.pending_actors.append(actor)
+        self._schedule()
+
+    # ---------------------------------------------------------------- death
+    def _on_worker_lost(self, w) -> None:
+        self.loop.remove(w.conn.fileno())
+        exit_desc = w.describe_exit()
+        with self.lock:
+            w.conn.close()
+            self.workers.pop(w.worker_id, None)
+            if w in self.idle:
+                self.idle.remove(w)
+            if w.state == STARTING:
+                self.starting = max(0, self.starting - 1)
+            freed: list = []
+            self._apply_local_deltas(freed)
+            for (client, rid) in [k for k in self.requests if k[0] is w]:
+                req = self.requests.pop((client, rid))
+                req.done = True
+                for oid in req.ids:
+                    self.objects.remove_waiter(oid, req.callback)
+            if w.lease is not None:
+                if not w.blocked:
+                    self.resources.release(w.lease)
+                self.leased[w.lease_key].remove(w)
+                w.lease = None
+            w.state = "dead"
+            if self.stopped:
+                return
+            for rec in list(w.inflight.values()):
+                if rec.spec.kind == ACTOR_CALL or rec.spec.kind == ACTOR_CREATE:
+                    continue
+                if rec.cancelled:
+                    self._finish(rec, self._error_value(TaskCancelledError(
+                        f"task {rec.spec.name} was cancelled")))
+                elif rec.retries_left != 0:
+                    if rec.retries_left > 0:
+                        rec.retries_left -= 1
+                    self._requeue(rec)
+                else:
+                    self._finish(rec, self._error_value(WorkerCrashedError(
+                        f"The worker running {rec.spec.name} (pid={w.pid}) died: {exit_desc}. "
+                        f"The task's retries (max_retries={rec.spec.max_retries}) are spent.")))
+            if w.actor is not None:
+                self._actor_worker_lost(w.actor, w, exit_desc)
+            for oid, n in w.held.items():
+                self.objects.remove_ref(oid, n, freed)
+            w.held.clear()
+            self._free(freed)
+            self._schedule()
+            if len(self.idle) + self.starting == 0:
+                self._want_workers(1)
+
+    # ------------------------------------------------------------- shutdown
+    def stop(self) -> None:
+        with self.lock:
+            if self.stopped:
+                return
+            self.stopped = True
+            workers = list(self.workers.values())
+            for w in workers:
+                w.conn.queue((m.EXIT,))
+        done = threading.Event()
+        self.loop.call_soon(done.set)
+        done.wait(5)
+        deadline = time.monotonic() + config.get("kill_grace_s")
+        for w in workers:
+            try:
+                w.proc.wait(timeout=max(0.01, deadline - time.monotonic()))
+            except Exception:
+                w.proc.kill()
+                try:
+                    w.proc.wait(timeout=5)
+                except Exception:
+                    pass
+        self.loop.stop()
+        for w in workers:
+            w.conn.close()
+            for f in (w.proc.stdout, w.proc.stderr):
+                try:
+                    f.close()
+                except OSError:
+                    pass
+        self.arena.close()
+
+
+def _kill_if_alive(proc) -> None:
+    if proc.poll() is None:
+        proc.kill()
+
+
+def _unwrap(result):
+    ok, value = result
+    if ok:
+        return value
+    raise value

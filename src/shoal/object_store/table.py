@@ -1,0 +1,110 @@
+"""The node's object table: each object's value and who keeps it alive.
+
+No I/O here; the node calls it under its lock and acts on what it returns.
+
+An object is alive while anything holds it:
+- ``refs``: ObjectRef instances in any process (workers report the counts
+  that changed in REFS messages; the driver's are applied in process);
+- ``pins``: the node's own holds: a task that takes the object as an
+  argument (until the task ends), an object whose value contains a ref to it
+  (until that object is freed), an actor call on the actor's handle object.
+When both reach zero the entry is freed and the node releases its shared
+memory and the pins its value held on other objects. An entry whose value
+has not arrived yet is freed the same way; the value is then dropped when
+it comes.
+"""
+from __future__ import annotations
+
+from ..transport.messages import SHM
+
+
+class ObjectEntry:
+    __slots__ = ("value", "refs", "pins", "waiters", "shm_offset")
+
+    def __init__(self):
+        self.value = None        # the wire value (kind, payload, contained) once known
+        self.refs = 0
+        self.pins = 0
+        self.waiters = None      # callbacks(object_id, entry) to run when the value arrives
+        self.shm_offset = None
+
+
+class ObjectTable:
+    def __init__(self):
+        self.entries: dict[bytes, ObjectEntry] = {}
+
+    def __len__(self):
+        return len(self.entries)
+
+    def get(self, object_id: bytes) -> ObjectEntry | None:
+        return self.entries.get(object_id)
+
+    def ensure(self, object_id: bytes) -> ObjectEntry:
+        e = self.entries.get(object_id)
+        if e is None:
+            e = self.entries[object_id] = ObjectEntry()
+        return e
+
+    def set_value(self, object_id: bytes, value: tuple):
+        """Store a value. Returns (entry, waiters to call) or (None, None) when
+        nobody wants the object any more (the caller then discards the value)."""
+        e = self.entries.get(object_id)
+        if e is None:
+            return None, None
+        if e.value is not None:
+            return e, None      # a retried task delivered twice; the first value stands
+        e.value = value
+        if value[0] == SHM:
+            e.shm_offset = value[1][0]
+        waiters, e.waiters = e.waiters, None
+        return e, waiters
+
+    def add_waiter(self, object_id: bytes, callback) -> bool:
+        """Call ``callback`` when the value arrives; False if it already has."""
+        e = self.ensure(object_id)
+        if e.value is not None:
+            return False
+        if e.waiters is None:
+            e.waiters = [callback]
+        else:
+            e.waiters.append(callback)
+        return True
+
+    def remove_waiter(self, object_id: bytes, callback) -> None:
+        e = self.entries.get(object_id)
+        if e is not None and e.waiters:
+            try:
+                e.waiters.remove(callback)
+            except ValueError:
+                pass
+
+    def add_ref(self, object_id: bytes, n: int = 1) -> None:
+        self.ensure(object_id).refs += n
+
+    def remove_ref(self, object_id: bytes, n: int, freed: list) -> None:
+        e = self.entries.get(object_id)
+        if e is not None:
+            e.refs -= n
+            if e.refs <= 0 and e.pins <= 0:
+                self._free(object_id, e, freed)
+
+    def pin(self, object_id: bytes) -> None:
+        self.ensure(object_id).pins += 1
+
+    def unpin(self, object_id: bytes, freed: list) -> None:
+        e = self.entries.get(object_id)
+        if e is not None:
+            e.pins -= 1
+            if e.refs <= 0 and e.pins <= 0:
+                self._free(object_id, e, freed)
+
+    def release_if_unheld(self, object_id: bytes, freed: list) -> None:
+        e = self.entries.get(object_id)
+        if e is not None and e.refs <= 0 and e.pins <= 0:
+            self._free(object_id, e, freed)
+
+    def _free(self, object_id: bytes, e: ObjectEntry, freed: list) -> None:
+        if e.waiters:
+            return  # someone is blocked on it right now; freed once they are done
+        del self.entries[object_id]
+        freed.append((object_id, e))

@@ -1,0 +1,2 @@
+"""Worker processes: the entry point (``main``), the loop that receives work
+(``loop``) and the running of one task (``execute``)."""

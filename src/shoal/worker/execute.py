@@ -1,0 +1,155 @@
+"""Running one task, actor creation or actor call, and packing its results.
+
+Split into ``prepare`` (find the callable, rebuild the arguments), the call
+itself (sync or awaited) and ``finish`` (results or error to DONE), so that
+serial, threaded and async execution share every step but the call.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import pickle
+import traceback
+
+from ..exceptions import SerializationError, TaskCancelledError, TaskError
+from ..scheduler.task import ACTOR_CALL, ACTOR_CREATE, STREAMING, TaskSpec
+from ..serialization import deserialize, loads_function
+from ..transport import messages as m
+
+
+class ActorExit(BaseException):
+    """Raised by shoal.actor.exit_actor(): ends the actor after this call."""
+
+
+class Prepared:
+    __slots__ = ("spec", "fn", "args", "kwargs")
+
+    def __init__(self, spec, fn, args, kwargs):
+        self.spec = spec
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+
+
+def prepare(core, functions: dict, msg: tuple) -> Prepared:
+    _, wire, blob, dep_values, assigned = msg
+    spec = TaskSpec.from_wire(wire)
+    fid = spec.function_id
+    if blob is not None:
+        functions[fid] = loads_function(blob)
+    ctx = core.context
+    ctx.task_id = spec.task_id
+    ctx.task_name = spec.name
+    ctx.assigned = assigned
+    args, kwargs = deserialize(spec.args, spec.args_layout)
+    if dep_values:
+        args = list(args)
+        for (key, oid), (_, value) in zip(spec.deps, dep_values):
+            v = core.decode_value(oid, value)
+            if isinstance(key, int):
+                args[key] = v
+            else:
+                kwargs[key] = v
+    if spec.kind == ACTOR_CALL:
+        fn = getattr(core.actor_instance, spec.method)
+    else:
+        fn = functions[fid]
+    return Prepared(spec, fn, args, kwargs)
+
+
+def finish_ok(core, spec: TaskSpec, result) -> tuple:
+    """The DONE message for a call that returned ``result``."""
+    if spec.kind == ACTOR_CREATE:
+        core.actor_instance = result
+        result = None
+    n = spec.num_returns
+    rids = spec.return_ids()
+    try:
+        if n == 1 or spec.kind == ACTOR_CREATE:
+            results = [(rids[0], core.encode_value(result))]
+        elif n == 0:
+            results = []
+        else:
+            if inspect.isgenerator(result):
+                result = list(result)
+            try:
+                count = len(result)
+            except TypeError:
+                raise ValueError(f"{spec.name} has num_returns={n} but returned a "
+                                 f"{type(result).__name__}, which has no length") from None
+            if count != n:
+                raise ValueError(f"{spec.name} has num_returns={n} but returned {count} values")
+            results = [(rid, core.encode_value(v)) for rid, v in zip(rids, result)]
+    except SerializationError as e:
+        return finish_error(core, spec, SerializationError(
+            f"the return value of {spec.name} cannot be serialized: {e}"), tb="")
+    except ValueError as e:
+        return finish_error(core, spec, e)
+    return (m.DONE, spec.task_id, results, False)
+
+
+def finish_error(core, spec: TaskSpec, exc: BaseException, tb: str | None = None) -> tuple:
+    if tb is None:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    value = error_value(core, spec.name, exc, tb)
+    retryable = _retryable(spec, exc)
+    return (m.DONE, spec.task_id, [(rid, value) for rid in spec.return_ids()], retryable)
+
+
+def error_value(core, name: str, exc: BaseException, tb: str) -> tuple:
+    if isinstance(exc, TaskCancelledError):
+        err = exc
+    else:
+        # an error from a nested task keeps the user's original exception as its cause
+        cause = exc.cause if isinstance(exc, TaskError) else exc
+        err = TaskError(name, tb, cause, os.getpid())
+    try:
+        return core.encode_value(err)
+    except SerializationError:
+        # the user's exception cannot be pickled: keep its type name and message
+        stand_in = TaskError(name, tb + f"\n(the original {type(exc).__name__} could not be "
+                             "pickled, so it is not attached as the cause)", None, os.getpid())
+        return core.encode_value(stand_in)
+
+
+def _retryable(spec: TaskSpec, exc: BaseException) -> bool:
+    rule = spec.retry_exceptions
+    if not rule or isinstance(exc, (TaskCancelledError, ActorExit)):
+        return False
+    if rule is True:
+        return isinstance(exc, Exception)
+    classes = pickle.loads(rule)
+    return isinstance(exc, classes)
+
+
+def run_streaming(core, spec: TaskSpec, result) -> tuple:
+    """Send each item of a generator as it is produced; DONE carries the count."""
+    tid = spec.task_id
+    count = 0
+    try:
+        for item in result:
+            core.send((m.GEN_ITEM, tid, count, core.encode_value(item)))
+            count += 1
+    except Exception as e:
+        tb = traceback.format_exc()
+        core.send((m.GEN_ITEM, tid, count, error_value(core, spec.name, e, tb)))
+        count += 1
+    return (m.DONE, tid, [(spec.return_ids()[0], core.encode_value(count))], False)
+
+
+async def run_streaming_async(core, spec: TaskSpec, result) -> tuple:
+    tid = spec.task_id
+    count = 0
+    try:
+        async for item in result:
+            core.send((m.GEN_ITEM, tid, count, core.encode_value(item)))
+            count += 1
+    except Exception as e:
+        tb = traceback.format_exc()
+        core.send((m.GEN_ITEM, tid, count, error_value(core, spec.name, e, tb)))
+        count += 1
+    return (m.DONE, tid, [(spec.return_ids()[0], core.encode_value(count))], False)
+
+
+def is_streaming(spec: TaskSpec) -> bool:
+    return spec.num_returns == STREAMING

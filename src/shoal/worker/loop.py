@@ -1,0 +1,256 @@
+"""The worker's loop: receive work from the node and run it.
+
+A task worker runs tasks one at a time on its main thread, in the order the
+node sent them (the node may queue several, see ``pipeline_depth``). An
+actor's worker does the same unless the actor is threaded
+(``max_concurrency`` > 1: a thread pool) or async (an asyncio loop on its own
+thread); those switch the process to reader mode (see core/worker.py).
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import signal
+import sys
+import threading
+import traceback
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+from ..exceptions import TaskCancelledError
+from ..node.logs import LABEL_MARKER
+from ..scheduler.task import ACTOR_CALL, ACTOR_CREATE, TaskSpec
+from ..transport import messages as m
+from ..transport.framing import ConnectionClosed
+from .execute import (ActorExit, finish_error, finish_ok, is_streaming, prepare, run_streaming,
+                      run_streaming_async)
+
+
+class WorkerLoop:
+    def __init__(self, core):
+        self.core = core
+        self.queue: deque = deque()
+        self.functions: dict = {}
+        self.exiting = False
+        self.current = None          # task id running on the main thread
+        self.cancelled: set = set()
+        self.pool = None             # threaded actor
+        self.aloop = None            # async actor
+        self.semaphore = None
+        self.async_tasks: dict = {}
+        self.wakeup = threading.Condition()
+        self.label = None
+        self.cuda_default = os.environ.get("CUDA_VISIBLE_DEVICES")
+        core.on_message = self.on_message
+        signal.signal(signal.SIGUSR1, self._on_cancel_signal)
+
+    # -- receiving -------------------------------------------------------------
+    def on_message(self, msg: tuple) -> None:
+        kind = msg[0]
+        if kind == m.EXECUTE:
+            if self.aloop is not None:
+                fut = asyncio.run_coroutine_threadsafe(self._execute_async(msg), self.aloop)
+                self.async_tasks[msg[1][0]] = fut
+            elif self.pool is not None:
+                self.pool.submit(self._execute_logged, msg)
+            else:
+                self._enqueue(msg)
+        elif kind == m.CANCEL:
+            self._cancel(msg[1])
+        elif kind == m.REVOKE:
+            wanted = set(msg[1])
+            given = [q[1][0] for q in self.queue if q[1][0] in wanted]
+            if given:
+                self.queue = deque(q for q in self.queue if q[1][0] not in wanted)
+            self.core.send((m.REVOKED, given))
+        elif kind == m.EXIT:
+            self.exiting = True
+            with self.wakeup:
+                self.wakeup.notify_all()
+
+    def _enqueue(self, msg) -> None:
+        if self.core.reader is None:
+            self.queue.append(msg)
+        else:
+            with self.wakeup:
+                self.queue.append(msg)
+                self.wakeup.notify()
+
+    def run(self) -> None:
+        core = self.core
+        try:
+            while not self.exiting:
+                if self.queue:
+                    self._execute_logged(self.queue.popleft())
+                    continue
+                core.flush_refs()
+                if core.reader is None:
+                    core.pump()
+                else:
+                    with self.wakeup:
+                        while not self.queue and not self.exiting:
+                            self.wakeup.wait()
+        except ConnectionClosed:
+            pass
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+
+    # -- running ---------------------------------------------------------------
+    def _execute_logged(self, msg) -> None:
+        try:
+            self._execute(msg)
+        except ConnectionClosed:
+            self.exiting = True
+        except BaseException:   # a bug in shoal itself: say so, keep the worker alive
+            traceback.print_exc()
+
+    def _execute(self, msg) -> None:
+        core = self.core
+        spec = None
+        try:
+            p = prepare(core, self.functions, msg)
+            spec = p.spec
+            self._set_label(spec)
+            self._set_gpus(msg[4])
+            self.current = spec.task_id
+            if spec.kind == ACTOR_CREATE:
+                self._configure_actor(spec)
+            result = p.fn(*p.args, **p.kwargs)
+            if is_streaming(spec):
+                done = run_streaming(core, spec, result)
+            else:
+                done = finish_ok(core, spec, result)
+            if spec.kind == ACTOR_CREATE:
+                self._start_concurrency(spec)
+        except ActorExit:
+            done = self._actor_exit(spec)
+        except BaseException as e:
+            if isinstance(e, KeyboardInterrupt) and spec and spec.task_id in self.cancelled:
+                e = TaskCancelledError(f"task {spec.name} was cancelled")
+            if spec is None:
+                spec = TaskSpec.from_wire(msg[1])
+            done = finish_error(core, spec, e)
+        finally:
+            self.current = None
+            sys.stdout.flush()
+            sys.stderr.flush()
+        self.cancelled.discard(spec.task_id)
+        core.send(done)
+
+    async def _execute_async(self, msg) -> None:
+        core = self.core
+        spec = TaskSpec.from_wire(msg[1])
+        try:
+            async with self.semaphore:
+                p = prepare(core, self.functions, msg)
+                self._set_label(spec)
+                result = p.fn(*p.args, **p.kwargs)
+                if inspect.isasyncgen(result):
+                    done = await run_streaming_async(core, spec, result)
+                else:
+                    if inspect.isawaitable(result):
+                        result = await result
+                    if is_streaming(spec):
+                        done = run_streaming(core, spec, result)
+                    else:
+                        done = finish_ok(core, spec, result)
+        except ActorExit:
+            done = self._actor_exit(spec)
+        except asyncio.CancelledError:
+            done = finish_error(core, spec, TaskCancelledError(f"task {spec.name} was cancelled"))
+        except BaseException as e:
+            done = finish_error(core, spec, e)
+        finally:
+            self.async_tasks.pop(spec.task_id, None)
+        core.send(done)
+
+    def _actor_exit(self, spec) -> tuple:
+        self.core.send((m.ACTOR_EXIT, self.core.actor_id))
+        self.exiting = True
+        with self.wakeup:
+            self.wakeup.notify_all()
+        return finish_ok(self.core, spec, None)
+
+    # -- actors ------------------------------------------------------------------
+    def _configure_actor(self, spec) -> None:
+        self.core.actor_id = spec.task_id
+        self.core.was_restarted = bool((spec.options or {}).get("restarted"))
+
+    def _start_concurrency(self, spec) -> None:
+        opts = spec.options or {}
+        is_async = opts.get("is_async", False)
+        limit = opts.get("max_concurrency") or (1000 if is_async else 1)
+        if is_async:
+            self.aloop = asyncio.new_event_loop()
+            ready = threading.Event()
+
+            def run_loop():
+                asyncio.set_event_loop(self.aloop)
+                self.semaphore = asyncio.Semaphore(limit)
+                ready.set()
+                self.aloop.run_forever()
+            threading.Thread(target=run_loop, name="shoal-actor-asyncio", daemon=True).start()
+            ready.wait()
+        elif limit > 1:
+            self.pool = ThreadPoolExecutor(limit, thread_name_prefix="shoal-actor")
+        else:
+            return
+        self.core.start_reader()
+
+    # -- cancellation --------------------------------------------------------------
+    def _cancel(self, task_id: bytes) -> None:
+        for q in self.queue:
+            if q[1][0] == task_id:
+                self.queue.remove(q)
+                spec = TaskSpec.from_wire(q[1])
+                self.core.send(finish_error(self.core, spec, TaskCancelledError(
+                    f"task {spec.name} was cancelled")))
+                return
+        fut = self.async_tasks.get(task_id)
+        if fut is not None:
+            fut.cancel()
+            return
+        if self.current == task_id:
+            self.cancelled.add(task_id)
+
+    def _on_cancel_signal(self, signum, frame) -> None:
+        """SIGUSR1: the node sent a CANCEL. Read it now (the main thread may be
+        deep in user code) and interrupt the task if it is the target."""
+        core = self.core
+        if core.reader is None and not core.in_io:
+            sock = core.conn.sock
+            sock.setblocking(False)
+            try:
+                core.in_io = True
+                msgs = core.conn.read_messages()
+            except ConnectionClosed:
+                msgs = []
+            finally:
+                core.in_io = False
+                sock.setblocking(True)
+            for msg in msgs:
+                core.route(msg)
+        if self.current is not None and self.current in self.cancelled:
+            raise KeyboardInterrupt
+
+    # -- process state -------------------------------------------------------------
+    def _set_label(self, spec) -> None:
+        label = spec.name.split(".")[0] if spec.kind in (ACTOR_CALL, ACTOR_CREATE) else spec.name
+        if label != self.label:
+            self.label = label
+            sys.stdout.flush()
+            sys.stderr.flush()
+            marker = LABEL_MARKER + label.encode() + b"\n"
+            os.write(1, marker)
+            os.write(2, marker)
+
+    def _set_gpus(self, assigned) -> None:
+        gpu_ids = assigned[1] if assigned else None
+        if gpu_ids:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
+        elif self.cuda_default is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = self.cuda_default
