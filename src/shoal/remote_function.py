@@ -42,7 +42,7 @@ class RemoteFunction:
         retries = options.get("max_retries")
         if retries is None:
             retries = config.get("max_task_retries_default")
-        name = options.get("name") or self.__qualname__
+        name = options.get("name") or self.__name__
         return (name, n, resource_request(options, 1.0), retries, rex)
 
     def __call__(self, *args, **kwargs):

@@ -56,6 +56,10 @@ class Core:
             raise
         return (SHM, (offset, s.size, layout), tuple(s.contained))
 
+    def encode_error(self, err: BaseException) -> tuple:
+        data, layout = pack_inline(serialize(err))
+        return (ERROR, (data, layout), ())
+
     def decode_value(self, object_id: bytes, value: tuple):
         kind, payload, _ = value
         if kind == INLINE:

@@ -111,6 +111,7 @@ class Node:
         self.fail_infeasible = config.get("fail_infeasible")
         self.target_pool = max(1, int(resources.get("CPU", 1)))
         self.stopped = False
+        self.procs: list = []                     # every worker process started, for reaping
         self.worker_env = {"SHOAL_JOB_ID": job_id.hex(), "SHOAL_NODE_ID": node_id.hex(),
                            "SHOAL_NAMESPACE": namespace}
         self.loop = EventLoop()
@@ -357,6 +358,9 @@ class Node:
                 return
             with self.lock:
                 self.workers[w.worker_id] = w
+                self.procs.append(w.proc)
+                if self.stopped:
+                    w.conn.queue((m.EXIT,))
             self.loop.add_reader(w.conn.fileno(), self._on_readable, w)
             for fd, to_err in ((w.proc.stdout.fileno(), False), (w.proc.stderr.fileno(), True)):
                 os.set_blocking(fd, False)
@@ -957,6 +961,11 @@ class Node:
         with self.lock:
             w.conn.close()
             self.workers.pop(w.worker_id, None)
+            if w.proc.poll() is not None and w.proc in self.procs:
+                self.procs.remove(w.proc)
+                for f in (w.proc.stdout, w.proc.stderr):
+                    self.loop.remove(f.fileno())
+                    f.close()
             if w in self.idle:
                 self.idle.remove(w)
             if w.state == STARTING:
@@ -1002,35 +1011,40 @@ class Node:
 
     # ------------------------------------------------------------- shutdown
     def stop(self) -> None:
+        """Stop every worker (EXIT, then SIGKILL after the grace period), the
+        loop thread and the arena. Safe to call twice."""
         with self.lock:
             if self.stopped:
                 return
             self.stopped = True
-            workers = list(self.workers.values())
-            for w in workers:
+            for w in self.workers.values():
                 w.conn.queue((m.EXIT,))
-        done = threading.Event()
-        self.loop.call_soon(done.set)
-        done.wait(5)
-        deadline = time.monotonic() + config.get("kill_grace_s")
-        for w in workers:
-            try:
-                w.proc.wait(timeout=max(0.01, deadline - time.monotonic()))
-            except Exception:
-                w.proc.kill()
-                try:
-                    w.proc.wait(timeout=5)
-                except Exception:
-                    pass
-        self.loop.stop()
-        for w in workers:
+        grace_end = time.monotonic() + config.get("kill_grace_s")
+        for proc in list(self.procs):
+            _wait_or_kill(proc, grace_end)
+        self.loop.stop()      # joined: no worker can be started after this
+        for proc in self.procs:
+            _wait_or_kill(proc, time.monotonic())
+        for w in list(self.workers.values()):
             w.conn.close()
-            for f in (w.proc.stdout, w.proc.stderr):
+        for proc in self.procs:
+            for f in (proc.stdout, proc.stderr):
                 try:
                     f.close()
                 except OSError:
                     pass
         self.arena.close()
+
+
+def _wait_or_kill(proc, deadline: float) -> None:
+    try:
+        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except Exception:
+        proc.kill()
+        try:
+            proc.wait(timeout=5)
+        except Exception:
+            pass
 
 
 def _kill_if_alive(proc) -> None:

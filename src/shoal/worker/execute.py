@@ -82,7 +82,7 @@ def finish_ok(core, spec: TaskSpec, result) -> tuple:
             results = [(rid, core.encode_value(v)) for rid, v in zip(rids, result)]
     except SerializationError as e:
         return finish_error(core, spec, SerializationError(
-            f"the return value of {spec.name} cannot be serialized: {e}"), tb="")
+            f"the return value of {spec.name} cannot be serialized: {e}"))
     except ValueError as e:
         return finish_error(core, spec, e)
     return (m.DONE, spec.task_id, results, False)
@@ -90,10 +90,18 @@ def finish_ok(core, spec: TaskSpec, result) -> tuple:
 
 def finish_error(core, spec: TaskSpec, exc: BaseException, tb: str | None = None) -> tuple:
     if tb is None:
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        tb = format_user_traceback(exc)
     value = error_value(core, spec.name, exc, tb)
     retryable = _retryable(spec, exc)
     return (m.DONE, spec.task_id, [(rid, value) for rid in spec.return_ids()], retryable)
+
+
+def format_user_traceback(exc: BaseException) -> str:
+    """The traceback from the user's code down, without shoal's own frames."""
+    tb = exc.__traceback__
+    while tb is not None and "/shoal/worker/" in tb.tb_frame.f_code.co_filename:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
 def error_value(core, name: str, exc: BaseException, tb: str) -> tuple:
@@ -104,12 +112,12 @@ def error_value(core, name: str, exc: BaseException, tb: str) -> tuple:
         cause = exc.cause if isinstance(exc, TaskError) else exc
         err = TaskError(name, tb, cause, os.getpid())
     try:
-        return core.encode_value(err)
+        return core.encode_error(err)
     except SerializationError:
         # the user's exception cannot be pickled: keep its type name and message
         stand_in = TaskError(name, tb + f"\n(the original {type(exc).__name__} could not be "
                              "pickled, so it is not attached as the cause)", None, os.getpid())
-        return core.encode_value(stand_in)
+        return core.encode_error(stand_in)
 
 
 def _retryable(spec: TaskSpec, exc: BaseException) -> bool:
@@ -131,7 +139,7 @@ def run_streaming(core, spec: TaskSpec, result) -> tuple:
             core.send((m.GEN_ITEM, tid, count, core.encode_value(item)))
             count += 1
     except Exception as e:
-        tb = traceback.format_exc()
+        tb = format_user_traceback(e)
         core.send((m.GEN_ITEM, tid, count, error_value(core, spec.name, e, tb)))
         count += 1
     return (m.DONE, tid, [(spec.return_ids()[0], core.encode_value(count))], False)
@@ -145,7 +153,7 @@ async def run_streaming_async(core, spec: TaskSpec, result) -> tuple:
             core.send((m.GEN_ITEM, tid, count, core.encode_value(item)))
             count += 1
     except Exception as e:
-        tb = traceback.format_exc()
+        tb = format_user_traceback(e)
         core.send((m.GEN_ITEM, tid, count, error_value(core, spec.name, e, tb)))
         count += 1
     return (m.DONE, tid, [(spec.return_ids()[0], core.encode_value(count))], False)

@@ -1,0 +1,61 @@
+"""Fixtures shared by every tier: a fresh local cluster per test, and a check
+that it left no worker process behind."""
+from __future__ import annotations
+
+import os
+import time
+
+import psutil
+import pytest
+
+
+def wait_for(condition, timeout: float = 10.0, interval: float = 0.01, what: str = "condition"):
+    """Poll ``condition`` until it is truthy or ``timeout`` passes (then fail)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def worker_children() -> list:
+    return [p for p in psutil.Process().children(recursive=True)
+            if "shoal.worker.main" in " ".join(_cmdline(p))]
+
+
+def _cmdline(p) -> list:
+    try:
+        return p.cmdline()
+    except psutil.Error:
+        return []
+
+
+@pytest.fixture
+def shoal_cluster(request):
+    """A local cluster with 2 CPUs (override with @pytest.mark.cluster(...)),
+    shut down afterwards; fails the test if any worker outlives it."""
+    import shoal
+    marker = request.node.get_closest_marker("cluster")
+    kwargs = dict(num_cpus=2, object_store_memory=256 * 1024 * 1024)
+    if marker is not None:
+        kwargs.update(marker.kwargs)
+    shoal.init(**kwargs)
+    try:
+        yield shoal
+    finally:
+        shoal.shutdown()
+        left = wait_for(lambda: not worker_children(), timeout=10,
+                        what="worker processes to exit") and []
+        assert not left
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_cluster():
+    yield
+    import shoal
+    if shoal.is_initialized():
+        shoal.shutdown()
+        pytest.fail("the test left shoal initialised")

@@ -1,0 +1,240 @@
+"""Errors and fault tolerance: user exceptions, crashed workers, retries,
+cancellation, serialization errors."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+import shoal
+from shoal.exceptions import (SerializationError, TaskCancelledError, TaskError,
+                              WorkerCrashedError)
+from tests.conftest import wait_for
+
+
+class CustomError(ValueError):
+    pass
+
+
+@shoal.remote
+def raise_custom(msg):
+    raise CustomError(msg)
+
+
+def test_user_exception_keeps_its_class_and_remote_traceback(shoal_cluster):
+    with pytest.raises(CustomError) as info:
+        shoal.get(raise_custom.remote("boom"))
+    err = info.value
+    assert isinstance(err, TaskError)
+    assert "boom" in str(err) and "raise_custom" in str(err)
+    assert "Traceback" in err.traceback_str
+    assert "shoal/worker" not in err.traceback_str   # the user's frames only
+    assert isinstance(err.cause, CustomError)
+
+
+def test_errors_propagate_through_dependent_tasks(shoal_cluster):
+    @shoal.remote
+    def consume(x):
+        return x
+
+    with pytest.raises(CustomError):
+        shoal.get(consume.remote(raise_custom.remote("upstream")))
+
+
+def test_exception_from_a_nested_task_keeps_the_original_class(shoal_cluster):
+    @shoal.remote
+    def outer():
+        return shoal.get(raise_custom.remote("deep"))
+
+    with pytest.raises(CustomError, match="deep"):
+        shoal.get(outer.remote())
+
+
+def _die_once(flag_path):
+    if not os.path.exists(flag_path):
+        open(flag_path, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "second attempt"
+
+
+def test_sigkilled_worker_retries_the_task(shoal_cluster, tmp_path):
+    f = shoal.remote(max_retries=1)(_die_once)
+    assert shoal.get(f.remote(str(tmp_path / "flag")), timeout=60) == "second attempt"
+
+
+def test_crashes_past_max_retries_raise_worker_crashed(shoal_cluster):
+    @shoal.remote(max_retries=2)
+    def always_die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    with pytest.raises(WorkerCrashedError, match="SIGKILL"):
+        shoal.get(always_die.remote(), timeout=60)
+    # the cluster keeps working afterwards
+    assert shoal.get(shoal.remote(lambda: 5).remote(), timeout=30) == 5
+
+
+def test_default_max_retries_is_three(shoal_cluster, tmp_path):
+    counter = tmp_path / "attempts"
+
+    @shoal.remote
+    def count_and_die(path):
+        with open(path, "a") as f:
+            f.write("x")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    with pytest.raises(WorkerCrashedError):
+        shoal.get(count_and_die.remote(str(counter)), timeout=60)
+    assert counter.read_text() == "xxxx"   # the first try and 3 retries
+
+
+def test_retry_exceptions_retries_application_errors(shoal_cluster, tmp_path):
+    flag = tmp_path / "flag"
+
+    @shoal.remote(max_retries=2, retry_exceptions=[CustomError])
+    def flaky(path):
+        if not os.path.exists(path):
+            open(path, "w").close()
+            raise CustomError("first try fails")
+        return "ok"
+
+    assert shoal.get(flaky.remote(str(flag)), timeout=30) == "ok"
+
+    @shoal.remote(max_retries=2, retry_exceptions=[KeyError])
+    def wrong_kind():
+        raise CustomError("not retried")
+
+    with pytest.raises(CustomError):
+        shoal.get(wrong_kind.remote(), timeout=30)
+
+
+def test_application_errors_are_not_retried_by_default(shoal_cluster, tmp_path):
+    counter = tmp_path / "n"
+
+    @shoal.remote(max_retries=3)
+    def fail(path):
+        with open(path, "a") as f:
+            f.write("x")
+        raise CustomError("once")
+
+    with pytest.raises(CustomError):
+        shoal.get(fail.remote(str(counter)))
+    assert counter.read_text() == "x"
+
+
+@shoal.remote
+def spin(path):
+    open(path, "w").close()
+    while True:
+        time.sleep(0.01)
+
+
+def test_cancel_interrupts_a_running_task(shoal_cluster, tmp_path):
+    started = tmp_path / "started"
+    ref = spin.remote(str(started))
+    wait_for(started.exists, timeout=30, what="the task to start")
+    shoal.cancel(ref)
+    with pytest.raises(TaskCancelledError):
+        shoal.get(ref, timeout=30)
+
+
+def test_force_cancel_kills_the_worker_and_is_not_retried(shoal_cluster, tmp_path):
+    started = tmp_path / "started"
+    ref = spin.remote(str(started))
+    wait_for(started.exists, timeout=30, what="the task to start")
+    shoal.cancel(ref, force=True)
+    with pytest.raises(TaskCancelledError):
+        shoal.get(ref, timeout=30)
+    assert shoal.get(shoal.remote(lambda: 1).remote(), timeout=30) == 1
+
+
+def test_cancel_of_a_queued_task(shoal_cluster, tmp_path):
+    blockers = [spin.remote(str(tmp_path / f"b{i}")) for i in range(2)]
+    queued = shoal.remote(lambda: "ran").remote()
+    shoal.cancel(queued)
+    with pytest.raises(TaskCancelledError):
+        shoal.get(queued, timeout=30)
+    for b in blockers:
+        shoal.cancel(b, force=True)
+
+
+def test_recursive_cancel_reaches_child_tasks(shoal_cluster, tmp_path):
+    child_started = tmp_path / "child"
+
+    @shoal.remote
+    def parent(path):
+        return shoal.get(spin.remote(path))
+
+    ref = parent.remote(str(child_started))
+    wait_for(child_started.exists, timeout=30, what="the child task to start")
+    shoal.cancel(ref, recursive=True)
+    with pytest.raises(TaskCancelledError):
+        shoal.get(ref, timeout=30)
+    # both CPUs come back: the child was cancelled too
+    wait_for(lambda: shoal.available_resources().get("CPU") == 2, timeout=30,
+             what="CPUs to be released")
+
+
+def test_unserializable_argument_names_the_argument(shoal_cluster):
+    @shoal.remote
+    def takes(x, y=None):
+        return 1
+
+    with pytest.raises(SerializationError, match="argument 0 of .*takes.*lock"):
+        takes.remote(threading.Lock())
+    with pytest.raises(SerializationError, match="keyword argument 'y'"):
+        takes.remote(1, y=threading.Lock())
+
+
+def test_unserializable_return_value_is_a_clear_error(shoal_cluster):
+    @shoal.remote
+    def returns_lock():
+        return threading.Lock()
+
+    with pytest.raises(SerializationError, match="return value"):
+        shoal.get(returns_lock.remote())
+
+
+def test_unpicklable_exception_still_reports_its_message(shoal_cluster):
+    @shoal.remote
+    def raise_odd():
+        class Odd(Exception):
+            def __reduce__(self):
+                raise TypeError("no pickling")
+        raise Odd("odd message")
+
+    with pytest.raises(TaskError, match="odd message"):
+        shoal.get(raise_odd.remote())
+
+
+def test_worker_output_reaches_the_driver_with_a_prefix(shoal_cluster, capfd):
+    @shoal.remote
+    def chatty():
+        print("hello from the worker")
+        return os.getpid()
+
+    pid = shoal.get(chatty.remote())
+    seen = []
+
+    def printed():
+        out, err = capfd.readouterr()
+        seen.append(out + err)
+        return "hello from the worker" in "".join(seen)
+    wait_for(printed, timeout=10, what="the worker's output")
+    line = [ln for ln in "".join(seen).splitlines() if "hello from the worker" in ln][0]
+    assert line == f"(chatty pid={pid}) hello from the worker"
+
+
+@pytest.mark.cluster(num_cpus=1, log_to_driver=False)
+def test_log_to_driver_false_silences_workers(shoal_cluster, capfd):
+    @shoal.remote
+    def chatty():
+        print("should not appear")
+        return 1
+
+    assert shoal.get(chatty.remote()) == 1
+    shoal.shutdown()
+    out, err = capfd.readouterr()
+    assert "should not appear" not in out + err
