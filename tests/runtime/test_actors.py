@@ -543,7 +543,6 @@ def test_sigkilled_actor_with_max_restarts_restarts_with_fresh_state(shoal_clust
     c = Counter.options(max_restarts=1).remote()
     assert get(c.increment.remote()) == 1
     assert get(c.increment.remote()) == 2
-    assert get(c.was_reconstructed.remote()) is False
     pid = get(c.pid.remote())
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not process_alive(pid), timeout=15, what="the actor's process to die")
@@ -552,7 +551,6 @@ def test_sigkilled_actor_with_max_restarts_restarts_with_fresh_state(shoal_clust
                     what="the restarted actor to answer") == ("ok", 1)
     new_pid = get(c.pid.remote())
     assert new_pid != pid
-    assert get(c.was_reconstructed.remote()) is True
 
     # the one restart is spent: the next crash is final
     os.kill(new_pid, signal.SIGKILL)
@@ -561,6 +559,19 @@ def test_sigkilled_actor_with_max_restarts_restarts_with_fresh_state(shoal_clust
         get(c.read.remote())
     with pytest.raises(ActorDiedError):
         get(c.read.remote())
+
+
+@pytest.mark.xfail(reason="BUG: the node never marks a restart in the creation spec's "
+                          "options, so was_current_actor_reconstructed is always False",
+                   strict=True)
+def test_runtime_context_says_whether_the_actor_was_reconstructed(shoal_cluster):
+    c = Counter.options(max_restarts=1).remote()
+    assert get(c.was_reconstructed.remote()) is False
+    pid = get(c.pid.remote())
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not process_alive(pid), timeout=15, what="the actor's process to die")
+    assert wait_for(lambda: _try_get(c.was_reconstructed.remote()), timeout=30,
+                    what="the restarted actor to answer") == ("ok", True)
 
 
 def test_sigkilled_actor_without_restarts_is_dead(shoal_cluster):
@@ -630,6 +641,8 @@ def test_exit_actor_runs_calls_submitted_before_it(shoal_cluster):
     assert get(before) == [1, 2, 3]
 
 
+@pytest.mark.xfail(reason="BUG: get() on the call that ran exit_actor() returns None; "
+                          "Ray raises RayActorError there", strict=True)
 def test_get_on_the_exit_actor_call_raises_actor_died_error(shoal_cluster):
     # Ray's docs: "The ObjectRef resulting from the task can be waited on to wait
     # for the actor to exit (calling ray.get() on it will raise a RayActorError)."
@@ -653,12 +666,19 @@ def test_exit_actor_outside_an_actor_raises(shoal_cluster):
         shoal.actor.exit_actor()
 
 
-def test_actor_whose_handles_are_all_gone_is_stopped(shoal_cluster):
+@pytest.mark.xfail(reason="BUG: the driver's dropped refs reach the node only when the "
+                          "driver next calls into shoal or a worker sends a message, so an "
+                          "actor whose last handle is dropped by an idle driver never stops",
+                   strict=True)
+def test_actor_whose_handles_are_all_gone_is_stopped_while_the_driver_is_idle(shoal_cluster):
     c = Counter.remote()
     pid = get(c.pid.remote())
+    # Scenario, not synchronisation: the driver computes locally for a while
+    # (the cluster goes quiet), then drops its last handle and calls nothing else.
+    time.sleep(1.0)
     del c
     gc.collect()
-    wait_for(lambda: not process_alive(pid), timeout=15,
+    wait_for(lambda: not process_alive(pid), timeout=10,
              what="the unreferenced actor's process to exit")
 
 
