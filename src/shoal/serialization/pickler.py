@@ -64,8 +64,13 @@ def _aligned(n: int) -> int:
     return (n + _ALIGN - 1) & ~(_ALIGN - 1)
 
 
+_SCALARS = frozenset([type(None), bool, int, float, str, bytes])
+
+
 def serialize(value) -> Serialized:
     """Pickle ``value``; raises SerializationError saying why it cannot be."""
+    if type(value) in _SCALARS:   # hot: no class to ship by value, no buffers
+        return Serialized(pickle.dumps(value, 5), [], [])
     buffers: list = []
 
     def keep_out_of_band(buf: pickle.PickleBuffer):

@@ -42,6 +42,7 @@ class WorkerLoop:
         self.wakeup = threading.Condition()
         self.label = None
         self.cuda_default = os.environ.get("CUDA_VISIBLE_DEVICES")
+        self.gpus_set = None
         core.on_message = self.on_message
         signal.signal(signal.SIGUSR1, self._on_cancel_signal)
 
@@ -248,6 +249,9 @@ class WorkerLoop:
 
     def _set_gpus(self, assigned) -> None:
         gpu_ids = assigned[1] if assigned else None
+        if gpu_ids == self.gpus_set:
+            return
+        self.gpus_set = gpu_ids
         if gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
         elif self.cuda_default is None:
