@@ -111,13 +111,31 @@ def test_store_full_is_a_clear_error(shoal_cluster):
         shoal.put(np.ones(400 * 1024 * 1024, dtype=np.uint8))
 
 
+def _in_arena(address: int) -> bool:
+    import ctypes
+    from shoal.core import current_core
+    arena = current_core().arena
+    start = ctypes.addressof(ctypes.c_char.from_buffer(arena.mmap))
+    return start <= address < start + arena.size
+
+
 def test_torch_cpu_tensors_are_zero_copy():
     torch = pytest.importorskip("torch", reason="torch is an optional extra")
     shoal.init(num_cpus=1)
     try:
         t = torch.arange(1_000_000, dtype=torch.float32)
         out = shoal.get(shoal.put(t))
-        assert torch.equal(out, t)
+        assert torch.equal(out, t) and _in_arena(out.data_ptr())
+
+        @shoal.remote
+        def double(x):
+            return x * 2
+
+        assert torch.equal(shoal.get(double.remote(t)), t * 2)
+        half = torch.ones(100_000, dtype=torch.bfloat16)
+        assert shoal.get(shoal.put(half)).dtype == torch.bfloat16
+        grad = torch.ones(3, requires_grad=True)
+        assert shoal.get(shoal.put(grad)).requires_grad
     finally:
         shoal.shutdown()
 
@@ -127,7 +145,9 @@ def test_arrow_buffers_round_trip():
     shoal.init(num_cpus=1)
     try:
         table = pa.table({"x": list(range(100_000))})
-        assert shoal.get(shoal.put(table)).equals(table)
+        out = shoal.get(shoal.put(table))
+        assert out.equals(table)
+        assert _in_arena(out.column("x").chunk(0).buffers()[1].address)
     finally:
         shoal.shutdown()
 

@@ -22,6 +22,7 @@ import threading
 import cloudpickle
 
 from ..exceptions import SerializationError
+from .torch import reducers as torch_reducers
 
 _ALIGN = 64
 _INBAND_LIMIT = 4096   # buffers smaller than this stay inside the pickle stream
@@ -89,9 +90,26 @@ def serialize(value) -> Serialized:
     return Serialized(header, buffers, contained)
 
 
+class _LibraryPickler(cloudpickle.CloudPickler):
+    """CloudPickler plus shoal's reducers for library types (torch tensors),
+    used only once such a library has been imported."""
+    reducers: dict = {}
+
+    def reducer_override(self, obj):
+        reduce = self.reducers.get(type(obj))
+        if reduce is not None:
+            return reduce(obj)
+        return super().reducer_override(obj)
+
+
 def _dumps(value, buffer_callback) -> bytes:
     f = io.BytesIO()
-    cloudpickle.CloudPickler(f, protocol=5, buffer_callback=buffer_callback).dump(value)
+    extra = torch_reducers()
+    if extra:
+        _LibraryPickler.reducers = extra
+        _LibraryPickler(f, protocol=5, buffer_callback=buffer_callback).dump(value)
+    else:
+        cloudpickle.CloudPickler(f, protocol=5, buffer_callback=buffer_callback).dump(value)
     return f.getvalue()
 
 
