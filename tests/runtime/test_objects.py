@@ -156,3 +156,24 @@ def test_no_shared_memory_file_is_left_behind(shoal_cluster):
     shoal.put(np.ones(1_000_000))
     # the arena is a memfd: it has no name in /dev/shm at all
     assert not [f for f in os.listdir("/dev/shm") if "shoal" in f]
+
+
+def test_a_ref_that_outlived_its_object_raises_object_lost(shoal_cluster):
+    import pickle
+    from shoal.exceptions import ObjectLostError
+
+    ref = shoal.put("short-lived")
+    saved = pickle.dumps(ref)
+    del ref
+    gc.collect()
+    wait_for(lambda: shoal.available_resources() is not None, timeout=5)
+    stale = pickle.loads(saved)
+    with pytest.raises(ObjectLostError, match="lost"):
+        shoal.get(stale, timeout=10)
+
+    @shoal.remote
+    def use(x):
+        return x
+
+    with pytest.raises(ObjectLostError):
+        shoal.get(use.remote(stale), timeout=10)

@@ -19,7 +19,7 @@ import time
 from collections import deque
 
 from .. import config
-from ..exceptions import (ActorDiedError, GetTimeoutError, InfeasibleTaskError,
+from ..exceptions import (ActorDiedError, GetTimeoutError, InfeasibleTaskError, ObjectLostError,
                           ObjectStoreFullError, TaskCancelledError, WorkerCrashedError)
 from ..object_store.allocator import Allocator
 from ..object_store.arena import Arena
@@ -172,7 +172,7 @@ class Node:
         self.tasks[tid] = rec
         objects = self.objects
         for rid in spec.return_ids():
-            objects.ensure(rid)
+            objects.expect(rid)
         if spec.num_returns == STREAMING:
             rec.gen = self.generators[tid] = GeneratorState()
         for _, dep in spec.deps:
@@ -221,6 +221,9 @@ class Node:
         for _, dep in rec.spec.deps:
             e = objects.get(dep)
             if e is None or e.value is None:
+                if objects.is_lost(dep):
+                    objects.set_value(dep, self._lost_value(dep))
+                    continue
                 rec.deps_left += 1
                 objects.add_waiter(dep, lambda oid, e, rec=rec: self._dep_ready(rec))
 
@@ -553,6 +556,12 @@ class Node:
             q = self.queues[rec.key] = deque()
         q.appendleft(rec)
 
+    def _lost_value(self, oid: bytes) -> tuple:
+        return self._error_value(ObjectLostError(
+            f"object {oid.hex()} is lost: its value was freed when no reference to it "
+            f"remained (a ref recreated from saved bytes does not keep an object alive), "
+            f"and no task will produce it again."))
+
     def _error_value(self, err: BaseException) -> tuple:
         data, layout = pack_inline(serialize(err))
         return (m.ERROR, (data, layout), ())
@@ -614,6 +623,12 @@ class Node:
         for oid in ids:
             e = objects.get(oid)
             if e is None or e.value is None:
+                if objects.is_lost(oid):
+                    # held only by refs: record the loss as its value, so every
+                    # reader gets the same explanation
+                    objects.add_ref(oid, 0)
+                    objects.set_value(oid, self._lost_value(oid))
+                    continue
                 missing.append(oid)
         ready = len(ids) - len(missing)
 

@@ -19,9 +19,10 @@ from ..transport.messages import SHM
 
 
 class ObjectEntry:
-    __slots__ = ("value", "refs", "pins", "waiters", "shm_offset")
+    __slots__ = ("value", "refs", "pins", "waiters", "shm_offset", "expected")
 
     def __init__(self):
+        self.expected = False    # a task or put will produce it (else only refs named it)
         self.value = None        # the wire value (kind, payload, contained) once known
         self.refs = 0
         self.pins = 0
@@ -44,6 +45,16 @@ class ObjectTable:
         if e is None:
             e = self.entries[object_id] = ObjectEntry()
         return e
+
+    def expect(self, object_id: bytes) -> None:
+        """A task that produces ``object_id`` was submitted."""
+        self.ensure(object_id).expected = True
+
+    def is_lost(self, object_id: bytes) -> bool:
+        """No value and nothing will produce one: the ref outlived its object
+        (e.g. it was unpickled from bytes saved earlier)."""
+        e = self.entries.get(object_id)
+        return e is None or (e.value is None and not e.expected)
 
     def set_value(self, object_id: bytes, value: tuple):
         """Store a value. Returns (entry, waiters to call) or (None, None) when
