@@ -48,6 +48,9 @@ SETTINGS = {s.name: s for s in [
             "Default max_retries for tasks whose worker process dies."),
     Setting("worker_start_timeout_s", float, 30.0,
             "How long a worker process may take to connect before it counts as failed."),
+    Setting("idle_worker_timeout_s", float, 10.0,
+            "Idle task workers beyond one per CPU exit after this long unused (extra "
+            "workers are started while tasks wait in get)."),
     Setting("kill_grace_s", float, 1.0,
             "At shutdown, how long workers get to exit before they are SIGKILLed."),
     Setting("fail_infeasible", bool, True,

@@ -165,12 +165,43 @@ def test_many_tasks_complete(shoal_cluster):
     assert sum(shoal.get(refs)) == sum(range(1, 3001))
 
 
-def test_tasks_run_in_parallel_on_the_cpus(shoal_cluster):
-    shoal.get([sleep_then.remote(0, None) for _ in range(4)])   # workers up
-    start = time.monotonic()
-    shoal.get([sleep_then.remote(1.0, None) for _ in range(2)])
-    # two 1 s tasks on two CPUs overlap; serial would take 2 s
-    assert time.monotonic() - start < 1.9
+@shoal.remote
+def rendezvous(me, other, timeout=30):
+    """Announce ``me`` and wait for ``other``: only succeeds if both run at once."""
+    import os
+    open(me, "w").close()
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(other):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def test_tasks_run_in_parallel_on_the_cpus(shoal_cluster, tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    assert shoal.get([rendezvous.remote(a, b), rendezvous.remote(b, a)], timeout=60) == [True, True]
+
+
+@shoal.remote
+def wait_for_file(path, timeout=60):
+    import os
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return "long"
+
+
+def test_short_tasks_do_not_wait_behind_a_long_one(shoal_cluster, tmp_path):
+    release = tmp_path / "release"
+    long = wait_for_file.remote(str(release))
+    shorts = [add.remote(i) for i in range(40)]
+    ready, _ = shoal.wait(shorts, num_returns=len(shorts), timeout=60)
+    still_running, _ = shoal.wait([long], timeout=0)
+    release.touch()
+    assert len(ready) == len(shorts)        # every short task finished...
+    assert still_running == []              # ...while the long one still ran
+    assert shoal.get(long, timeout=60) == "long"
 
 
 def test_runtime_context_inside_a_task(shoal_cluster):
@@ -191,5 +222,23 @@ def test_auto_init_on_first_use():
         assert not shoal.is_initialized()
         assert shoal.get(add.remote(1, 1)) == 2
         assert shoal.is_initialized()
+    finally:
+        shoal.shutdown()
+
+
+def test_extra_workers_started_for_blocked_tasks_retire_when_idle(monkeypatch):
+    from tests.conftest import wait_for, worker_children
+    monkeypatch.setenv("SHOAL_IDLE_WORKER_TIMEOUT_S", "0.5")
+    shoal.init(num_cpus=2)
+    try:
+        @shoal.remote
+        def depth(d):
+            return 0 if d == 0 else 1 + shoal.get(depth.remote(d - 1))
+
+        assert shoal.get(depth.remote(5), timeout=60) == 5
+        assert len(worker_children()) > 2
+        wait_for(lambda: len(worker_children()) == 2, timeout=30,
+                 what="extra idle workers to exit")
+        assert shoal.get(add.remote(1, 1)) == 2
     finally:
         shoal.shutdown()

@@ -35,13 +35,21 @@ class WorkerCore(Core):
         self.forgotten: set = set()
         self.reader = None
         self.on_message = None             # the worker loop's handler for non-replies
-        self.in_io = False
+        self.in_io = False                 # serial mode: reading or sending right now
+        self.nudged = False                # a SIGUSR1 came while in_io: read once it ends
+        self.on_nudge = None
 
     # -- sending -------------------------------------------------------------
     def send(self, message: tuple) -> None:
         with self._send_lock:
             batch = self._ref_messages(message)
-            self.conn.send_many(batch)
+            self.in_io = True
+            try:
+                self.conn.send_many(batch)
+            finally:
+                self.in_io = False
+        if self.nudged:
+            self.on_nudge()
 
     def _ref_messages(self, message) -> list:
         log = self.ref_log
@@ -145,6 +153,22 @@ class WorkerCore(Core):
             msgs = self.conn.read_messages()
         finally:
             self.in_io = False
+        for msg in msgs:
+            self.route(msg)
+        if self.nudged:
+            self.on_nudge()
+
+    def read_available(self) -> None:
+        """Serial mode: route whatever has arrived, without blocking."""
+        self.nudged = False
+        sock = self.conn.sock
+        sock.setblocking(False)
+        self.in_io = True
+        try:
+            msgs = self.conn.read_messages()
+        finally:
+            self.in_io = False
+            sock.setblocking(True)
         for msg in msgs:
             self.route(msg)
 

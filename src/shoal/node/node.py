@@ -109,6 +109,7 @@ class Node:
         self.inline_threshold = config.get("inline_threshold")
         self.pipeline_depth = config.get("pipeline_depth")
         self.fail_infeasible = config.get("fail_infeasible")
+        self.idle_timeout = config.get("idle_worker_timeout_s")
         self.target_pool = max(1, int(resources.get("CPU", 1)))
         self.stopped = False
         self.procs: list = []                     # every worker process started, for reaping
@@ -269,8 +270,11 @@ class Node:
                         self.leased.setdefault(key, []).append(w)
                         self._execute(w, rec)
                         continue
+                    # resources are free, only a worker is missing: wait for one
+                    # rather than queue behind a busy worker
                     self.resources.release(assignment)
                     self._want_workers(len(q))
+                    break
                 w = self._pipeline_target(key)
                 if w is None:
                     break
@@ -335,6 +339,13 @@ class Node:
         if not left:
             self.loop.set_writer(w.conn.fileno(), None, w, False)
 
+    def _nudge(self, w) -> None:
+        """Make a busy worker read its socket now (see WorkerLoop._on_nudge)."""
+        try:
+            os.kill(w.pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            pass
+
     def _worker_maybe_idle(self, w) -> None:
         if w.inflight or w.actor is not None or w.state != BUSY:
             return
@@ -343,8 +354,35 @@ class Node:
                 self.resources.release(w.lease)
             self.leased[w.lease_key].remove(w)
             w.lease = w.lease_key = None
+        self._make_idle(w)
+        self._steal_for_idle()
+
+    def _make_idle(self, w) -> None:
         w.state = IDLE
         self.idle.append(w)
+        if len(self.idle) > self.target_pool:
+            self.loop.call_later(self.idle_timeout, self._retire_if_idle, w)
+
+    def _steal_for_idle(self) -> None:
+        """Idle workers and nothing queued: take back tasks waiting behind a
+        running one on another worker (they may wait behind a long task)."""
+        if not self.idle or any(self.queues.values()):
+            return
+        for workers in self.leased.values():
+            for w in workers:
+                if len(w.inflight) > 1 and not w.blocked:
+                    queued = [t for t in list(w.inflight)[1:] if t not in w.revoking]
+                    if queued:
+                        w.revoking.update(queued)
+                        self._send(w, (m.REVOKE, queued))
+                        self._nudge(w)
+
+    def _retire_if_idle(self, w) -> None:
+        with self.lock:
+            if w.state == IDLE and w in self.idle and len(self.idle) > self.target_pool:
+                self.idle.remove(w)
+                w.state = "retiring"
+                self._send(w, (m.EXIT,))
 
     # ---------------------------------------------------------- worker pool
     def _grow_pool(self, n: int) -> None:
@@ -404,9 +442,9 @@ class Node:
         self.starting = max(0, self.starting - 1)
         if self.stopped:
             return
-        w.state = IDLE
-        self.idle.append(w)
+        self._make_idle(w)
         self._schedule()
+        self._steal_for_idle()
 
     def _h_submit(self, w, msg, freed) -> None:
         self._submit(TaskSpec.from_wire(msg[1]), w)
@@ -762,10 +800,7 @@ class Node:
                 w.proc.kill()
             else:
                 self._send(w, (m.CANCEL, task_id))
-                try:
-                    os.kill(w.pid, signal.SIGUSR1)
-                except ProcessLookupError:
-                    pass
+                self._nudge(w)
 
     def _svc_kill_actor(self, client, request_id, reply, actor_id, no_restart) -> None:
         actor = self.actors.get(actor_id)

@@ -44,7 +44,8 @@ class WorkerLoop:
         self.cuda_default = os.environ.get("CUDA_VISIBLE_DEVICES")
         self.gpus_set = None
         core.on_message = self.on_message
-        signal.signal(signal.SIGUSR1, self._on_cancel_signal)
+        core.on_nudge = self._deferred_nudge
+        signal.signal(signal.SIGUSR1, self._on_nudge)
 
     # -- receiving -------------------------------------------------------------
     def on_message(self, msg: tuple) -> None:
@@ -216,25 +217,24 @@ class WorkerLoop:
         if self.current == task_id:
             self.cancelled.add(task_id)
 
-    def _on_cancel_signal(self, signum, frame) -> None:
-        """SIGUSR1: the node sent a CANCEL. Read it now (the main thread may be
-        deep in user code) and interrupt the task if it is the target."""
+    def _on_nudge(self, signum, frame) -> None:
+        """SIGUSR1: the node sent something that cannot wait until the running
+        task ends (CANCEL, or REVOKE to take back queued tasks). Read it now,
+        unless the main thread is mid-read or mid-send (then right after)."""
         core = self.core
-        if core.reader is None and not core.in_io:
-            sock = core.conn.sock
-            sock.setblocking(False)
-            try:
-                core.in_io = True
-                msgs = core.conn.read_messages()
-            except ConnectionClosed:
-                msgs = []
-            finally:
-                core.in_io = False
-                sock.setblocking(True)
-            for msg in msgs:
-                core.route(msg)
+        if core.reader is not None:
+            return      # the reader thread sees every message as it comes
+        if core.in_io:
+            core.nudged = True
+            return
+        core.read_available()
         if self.current is not None and self.current in self.cancelled:
             raise KeyboardInterrupt
+
+    def _deferred_nudge(self) -> None:
+        self.core.read_available()
+        if self.current is not None and self.current in self.cancelled:
+            os.kill(os.getpid(), signal.SIGUSR1)   # raise in the task, not in the send
 
     # -- process state -------------------------------------------------------------
     def _set_label(self, spec) -> None:
