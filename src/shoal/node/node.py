@@ -118,6 +118,18 @@ class Node:
         self.loop = EventLoop()
         self.loop.start()
         self.loop.call_soon(self._grow_pool, self.target_pool)
+        self.loop.call_later(0.1, self._drain_driver_refs)
+
+    def _drain_driver_refs(self) -> None:
+        """Refs the driver dropped while it makes no calls (computing, idle)
+        are applied here, so their objects and actors are freed anyway."""
+        if self.local_deltas:
+            with self.lock:
+                freed: list = []
+                self._apply_local_deltas(freed)
+                self._free(freed)
+        if not self.stopped:
+            self.loop.call_later(0.1, self._drain_driver_refs)
 
     # ------------------------------------------------------------------ refs
     def _apply_local_deltas(self, freed: list) -> None:
@@ -509,6 +521,7 @@ class Node:
         oid = object_id_for(task_id, index + 2)
         if task_id in self.generators:
             self.objects.pin(oid)      # held for the consumer until it asks for the next
+        self.objects.expect(oid)
         self._store(oid, value, freed)
         if index >= gen.count:
             gen.count = index + 1
@@ -566,8 +579,15 @@ class Node:
         freed: list = []
         for oid in rec.spec.return_ids():
             self._store(oid, value, freed)
-        if rec.gen is not None:
-            rec.gen.done = True
+        gen = rec.gen
+        if gen is not None and not gen.done:
+            # the consumer reads the failure as one last item, as if yielded
+            oid = object_id_for(rec.spec.task_id, gen.count + 2)
+            if rec.spec.task_id in self.generators:
+                self.objects.pin(oid)
+            self.objects.expect(oid)
+            self._store(oid, value, freed)
+            gen.count += 1
         self._task_ended(rec, freed)
         self._free(freed)
 
@@ -757,18 +777,22 @@ class Node:
         elif gen.done:
             reply(True, None)
         else:
-            gen.waiters.append((index, reply))
+            gen.waiters.append((index, reply, client))
+            self._block(client)
 
     def _wake_generator(self, rec: TaskRecord) -> None:
         gen = rec.gen
         keep = []
-        for index, reply in gen.waiters:
+        for waiter in gen.waiters:
+            index, reply, client = waiter
             if index < gen.count:
+                self._unblock(client)
                 reply(True, object_id_for(rec.spec.task_id, index + 2))
             elif gen.done:
+                self._unblock(client)
                 reply(True, None)
             else:
-                keep.append((index, reply))
+                keep.append(waiter)
         gen.waiters = keep
 
     def _svc_cancel(self, client, request_id, reply, task_id, force, recursive) -> None:
@@ -884,6 +908,14 @@ class Node:
             self._want_workers(1)
 
     def _start_actor_on(self, actor: ActorRecord, w) -> None:
+        for _, dep in actor.spec.deps:
+            value = self.objects.entries[dep].value
+            if value[0] == m.ERROR:
+                self._actor_dead(actor, "An argument of its constructor failed; see the "
+                                 "cause below.", cause=value)
+                self._make_idle(w)
+                return
+        actor.spec.options["restarted"] = actor.num_restarts > 0
         w.state = W_ACTOR
         w.actor = actor
         actor.worker = w

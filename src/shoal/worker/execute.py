@@ -11,7 +11,7 @@ import os
 import pickle
 import traceback
 
-from ..exceptions import SerializationError, TaskCancelledError, TaskError
+from ..exceptions import ActorDiedError, SerializationError, TaskCancelledError, TaskError
 from ..scheduler.task import ACTOR_CALL, ACTOR_CREATE, STREAMING, TaskSpec
 from ..serialization import deserialize, loads_function
 from ..transport import messages as m
@@ -105,7 +105,7 @@ def format_user_traceback(exc: BaseException) -> str:
 
 
 def error_value(core, name: str, exc: BaseException, tb: str) -> tuple:
-    if isinstance(exc, TaskCancelledError):
+    if isinstance(exc, (TaskCancelledError, ActorDiedError)):
         err = exc
     else:
         # an error from a nested task keeps the user's original exception as its cause
@@ -130,33 +130,48 @@ def _retryable(spec: TaskSpec, exc: BaseException) -> bool:
     return isinstance(exc, classes)
 
 
+class _Stream:
+    """Sends a generator's items as GEN_ITEM messages; an exception becomes
+    one last item that raises when read, as in Ray."""
+
+    def __init__(self, core, spec: TaskSpec):
+        self.core = core
+        self.spec = spec
+        self.count = 0
+
+    def item(self, value) -> None:
+        self.core.send((m.GEN_ITEM, self.spec.task_id, self.count, self.core.encode_value(value)))
+        self.count += 1
+
+    def fail(self, e: Exception) -> None:
+        value = error_value(self.core, self.spec.name, e, format_user_traceback(e))
+        self.core.send((m.GEN_ITEM, self.spec.task_id, self.count, value))
+        self.count += 1
+
+    def done(self) -> tuple:
+        rid = self.spec.return_ids()[0]
+        return (m.DONE, self.spec.task_id, [(rid, self.core.encode_value(self.count))], False)
+
+
 def run_streaming(core, spec: TaskSpec, result) -> tuple:
     """Send each item of a generator as it is produced; DONE carries the count."""
-    tid = spec.task_id
-    count = 0
+    stream = _Stream(core, spec)
     try:
         for item in result:
-            core.send((m.GEN_ITEM, tid, count, core.encode_value(item)))
-            count += 1
+            stream.item(item)
     except Exception as e:
-        tb = format_user_traceback(e)
-        core.send((m.GEN_ITEM, tid, count, error_value(core, spec.name, e, tb)))
-        count += 1
-    return (m.DONE, tid, [(spec.return_ids()[0], core.encode_value(count))], False)
+        stream.fail(e)
+    return stream.done()
 
 
 async def run_streaming_async(core, spec: TaskSpec, result) -> tuple:
-    tid = spec.task_id
-    count = 0
+    stream = _Stream(core, spec)
     try:
         async for item in result:
-            core.send((m.GEN_ITEM, tid, count, core.encode_value(item)))
-            count += 1
+            stream.item(item)
     except Exception as e:
-        tb = format_user_traceback(e)
-        core.send((m.GEN_ITEM, tid, count, error_value(core, spec.name, e, tb)))
-        count += 1
-    return (m.DONE, tid, [(spec.return_ids()[0], core.encode_value(count))], False)
+        stream.fail(e)
+    return stream.done()
 
 
 def is_streaming(spec: TaskSpec) -> bool:

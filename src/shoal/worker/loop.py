@@ -18,7 +18,7 @@ import traceback
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
-from ..exceptions import TaskCancelledError
+from ..exceptions import ActorDiedError, TaskCancelledError
 from ..node.logs import LABEL_MARKER
 from ..scheduler.task import ACTOR_CALL, ACTOR_CREATE, TaskSpec
 from ..transport import messages as m
@@ -173,7 +173,9 @@ class WorkerLoop:
         self.exiting = True
         with self.wakeup:
             self.wakeup.notify_all()
-        return finish_ok(self.core, spec, None)
+        # as in Ray, the call that exited reports the actor's end
+        return finish_error(self.core, spec, ActorDiedError(
+            "The actor exited by calling exit_actor().", self.core.actor_id.hex()))
 
     # -- actors ------------------------------------------------------------------
     def _configure_actor(self, spec) -> None:
