@@ -225,8 +225,53 @@ def slow_value(value, seconds: float):
 
 
 @shoal.remote
+def failing_task():
+    raise IndexError("upstream task failed")
+
+
+@shoal.remote
 def actor_id_in_task():
     return shoal.get_runtime_context().get_actor_id()
+
+
+@shoal.remote
+def increment_all(boxed: dict) -> list:
+    return shoal.get([h.increment.remote() for h in boxed["handles"]], timeout=GET_TIMEOUT)
+
+
+@shoal.remote
+def make_counter_in_task(start: int):
+    c = Counter.remote(start)
+    shoal.get(c.increment.remote(), timeout=GET_TIMEOUT)
+    return c
+
+
+@shoal.remote
+def increment_named(name: str) -> int:
+    return shoal.get(shoal.get_actor(name).increment.remote(), timeout=GET_TIMEOUT)
+
+
+@shoal.remote
+class AsyncBusy:
+    def __init__(self):
+        self.active = 0
+        self.peak = 0
+
+    async def busy(self, seconds: float):
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        await asyncio.sleep(seconds)   # simulated work
+        self.active -= 1
+
+    async def peak_concurrency(self) -> int:
+        return self.peak
+
+
+@pytest.fixture
+def no_worker_retirement(monkeypatch):
+    """Idle workers stay: no background worker exits to wake the node up.
+    List it before ``shoal_cluster`` so it applies to that cluster."""
+    monkeypatch.setenv("SHOAL_IDLE_WORKER_TIMEOUT_S", "600")
 
 
 # ------------------------------------------------------------ basic calls
@@ -272,6 +317,44 @@ def test_object_refs_passed_to_methods_are_resolved(shoal_cluster):
     assert get(c.increment.remote(slow_value.remote(3, 0.0))) == 10
 
 
+def test_keyword_arguments_reach_init_and_methods(shoal_cluster):
+    c = Counter.remote(start=3)
+    assert get(c.increment.remote(by=4)) == 7
+
+
+def test_object_ref_passed_to_init_is_resolved(shoal_cluster):
+    c = Counter.remote(slow_value.remote(20, 0.1))
+    assert get(c.read.remote()) == 20
+
+
+def test_large_values_travel_to_and_from_an_actor(shoal_cluster):
+    import numpy as np
+    c = Counter.remote()
+    big = np.arange(1_000_000, dtype=np.int64)    # 8 MB, through shared memory
+    assert np.array_equal(get(c.record.remote(big)), big)
+
+
+def test_actor_created_inside_a_task_is_usable_from_the_driver(shoal_cluster):
+    c = get(make_counter_in_task.remote(10))
+    assert get(c.increment.remote()) == 12
+
+
+def test_get_actor_works_inside_a_task(shoal_cluster):
+    c = Counter.options(name="found-from-task").remote()
+    assert get(increment_named.remote("found-from-task")) == 1
+    assert get(c.read.remote()) == 1
+
+
+@pytest.mark.cluster(namespace="team-ns")
+def test_named_actor_in_the_namespace_given_to_init(shoal_cluster):
+    assert shoal.get_runtime_context().namespace == "team-ns"
+    c = Counter.options(name="in-init-ns").remote(5)
+    assert get(shoal.get_actor("in-init-ns").read.remote()) == 5
+    assert get(shoal.get_actor("in-init-ns", namespace="team-ns").read.remote()) == 5
+    assert get(increment_named.remote("in-init-ns")) == 6
+    del c
+
+
 def test_many_actors_live_at_once_each_with_its_own_state(shoal_cluster):
     counters = [Counter.remote(i * 100) for i in range(5)]
     assert get([c.increment.remote() for c in counters]) == [1, 101, 201, 301, 401]
@@ -284,6 +367,11 @@ def test_actor_handle_passed_to_a_task_can_call_the_actor(shoal_cluster):
     c = Counter.remote()
     assert get(call_counter_from_task.remote(c, 3)) == [1, 2, 3]
     assert get(c.read.remote()) == 3
+
+
+def test_actor_handles_nested_in_arguments_can_be_called(shoal_cluster):
+    counters = [Counter.remote(i) for i in range(3)]
+    assert get(increment_all.remote({"handles": counters})) == [1, 2, 3]
 
 
 def test_actor_handle_passed_to_another_actor_constructor_can_call_it(shoal_cluster):
@@ -380,6 +468,12 @@ def test_async_actor_error_in_awaited_ref_reaches_the_caller(shoal_cluster):
     assert get(g.open.remote()) == "opened"
 
 
+def test_async_actor_never_exceeds_max_concurrency(shoal_cluster):
+    a = AsyncBusy.options(max_concurrency=2).remote()
+    get([a.busy.remote(0.1) for _ in range(8)])
+    assert get(a.peak_concurrency.remote()) == 2
+
+
 def test_async_actor_with_max_concurrency_1_runs_calls_one_at_a_time(shoal_cluster):
     g = AsyncGate.options(max_concurrency=1).remote()
     blocked = g.wait_until_open.remote(3)
@@ -399,6 +493,14 @@ def test_named_actor_is_found_with_get_actor(shoal_cluster):
     found = shoal.get_actor("the-counter")
     assert get(found.increment.remote()) == 4
     assert found == c
+
+
+def test_handle_from_get_actor_knows_method_options(shoal_cluster):
+    original = Counter.options(name="with-options").remote(3)   # keeps the actor alive
+    found = shoal.get_actor("with-options")
+    refs = found.value_and_double.remote()
+    assert get(refs) == [3, 6]
+    assert found == original
 
 
 def test_get_actor_of_unknown_name_raises_value_error(shoal_cluster):
@@ -505,6 +607,17 @@ def test_kill_fails_the_call_in_flight(shoal_cluster):
         get(in_flight, timeout=10)
 
 
+def test_kill_fails_calls_queued_behind_the_call_in_flight(shoal_cluster):
+    r = ThreadedRendezvous.remote(1)
+    get(r.thread_name.remote())
+    in_flight = r.wait_for_release.remote()   # blocks up to 15 s
+    queued = [r.thread_name.remote() for _ in range(3)]
+    shoal.kill(r)
+    for ref in [in_flight] + queued:
+        with pytest.raises(ActorDiedError):
+            get(ref, timeout=10)
+
+
 def test_kill_does_not_restart_even_with_max_restarts(shoal_cluster):
     c = Counter.options(max_restarts=3).remote()
     get(c.read.remote())
@@ -561,9 +674,6 @@ def test_sigkilled_actor_with_max_restarts_restarts_with_fresh_state(shoal_clust
         get(c.read.remote())
 
 
-@pytest.mark.xfail(reason="BUG: the node never marks a restart in the creation spec's "
-                          "options, so was_current_actor_reconstructed is always False",
-                   strict=True)
 def test_runtime_context_says_whether_the_actor_was_reconstructed(shoal_cluster):
     c = Counter.options(max_restarts=1).remote()
     assert get(c.was_reconstructed.remote()) is False
@@ -612,6 +722,16 @@ def test_max_task_retries_set_per_method_call(shoal_cluster, tmp_path):
     assert status == "survived"
 
 
+def test_calls_queued_behind_a_crash_are_retried_with_max_task_retries(shoal_cluster, tmp_path):
+    a = CrashOnce.options(max_restarts=1, max_task_retries=-1).remote()
+    first_pid = get(a.pid.remote())
+    marker = str(tmp_path / "crashed-once")
+    refs = [a.crash_the_first_time.remote(marker) for _ in range(4)]
+    results = get(refs, timeout=60)
+    assert [status for status, _ in results] == ["survived"] * 4
+    assert all(pid != first_pid for _, pid in results)
+
+
 def test_call_in_flight_fails_without_max_task_retries_but_actor_restarts(shoal_cluster, tmp_path):
     a = CrashOnce.options(max_restarts=1).remote()
     first_pid = get(a.pid.remote())
@@ -641,8 +761,15 @@ def test_exit_actor_runs_calls_submitted_before_it(shoal_cluster):
     assert get(before) == [1, 2, 3]
 
 
-@pytest.mark.xfail(reason="BUG: get() on the call that ran exit_actor() returns None; "
-                          "Ray raises RayActorError there", strict=True)
+def test_calls_submitted_after_exit_actor_raise_actor_died_error(shoal_cluster):
+    c = Counter.remote()
+    get(c.read.remote())
+    c.quit.remote()
+    after = c.increment.remote()
+    with pytest.raises(ActorDiedError):
+        get(after)
+
+
 def test_get_on_the_exit_actor_call_raises_actor_died_error(shoal_cluster):
     # Ray's docs: "The ObjectRef resulting from the task can be waited on to wait
     # for the actor to exit (calling ray.get() on it will raise a RayActorError)."
@@ -666,16 +793,14 @@ def test_exit_actor_outside_an_actor_raises(shoal_cluster):
         shoal.actor.exit_actor()
 
 
-@pytest.mark.xfail(reason="BUG: the driver's dropped refs reach the node only when the "
-                          "driver next calls into shoal or a worker sends a message, so an "
-                          "actor whose last handle is dropped by an idle driver never stops",
-                   strict=True)
-def test_actor_whose_handles_are_all_gone_is_stopped_while_the_driver_is_idle(shoal_cluster):
+def test_actor_whose_handles_are_all_gone_is_stopped_while_the_driver_is_idle(
+        no_worker_retirement, shoal_cluster):
     c = Counter.remote()
     pid = get(c.pid.remote())
     # Scenario, not synchronisation: the driver computes locally for a while
-    # (the cluster goes quiet), then drops its last handle and calls nothing else.
-    time.sleep(1.0)
+    # (workers finish starting, the cluster goes quiet), then drops its last
+    # handle and calls nothing else.
+    time.sleep(3.0)
     del c
     gc.collect()
     wait_for(lambda: not process_alive(pid), timeout=10,
@@ -708,6 +833,20 @@ def test_exception_in_init_makes_calls_raise_actor_died_error_with_the_cause(sho
     assert "constructor exploded on purpose" in str(info.value)
     with pytest.raises(ActorDiedError):
         get(b.ping.remote())
+
+
+def test_failed_object_ref_passed_to_init_makes_calls_raise_actor_died_error(shoal_cluster):
+    b = Counter.remote(failing_task.remote())
+    with pytest.raises(ActorDiedError) as info:
+        get(b.read.remote(), timeout=15)
+    assert "upstream task failed" in str(info.value)
+
+
+def test_failed_object_ref_passed_to_a_method_raises_the_upstream_error(shoal_cluster):
+    c = Counter.remote()
+    with pytest.raises(IndexError, match="upstream task failed"):
+        get(c.record.remote(failing_task.remote()))
+    assert get(c.increment.remote()) == 1
 
 
 def test_exception_in_a_method_is_a_task_error_and_the_users_class(shoal_cluster):
