@@ -117,6 +117,7 @@ class Node:
                            "SHOAL_NAMESPACE": namespace}
         self.loop = EventLoop()
         self.loop.start()
+        self.starting = self.target_pool
         self.loop.call_soon(self._grow_pool, self.target_pool)
         self.loop.call_later(0.1, self._drain_driver_refs)
 
@@ -285,7 +286,8 @@ class Node:
                     # resources are free, only a worker is missing: wait for one
                     # rather than queue behind a busy worker
                     self.resources.release(assignment)
-                    self._want_workers(len(q))
+                    free_cpus = self.resources.available.get("CPU", 0) // 10000
+                    self._want_workers(min(len(q), max(1, free_cpus)))
                     break
                 w = self._pipeline_target(key)
                 if w is None:
@@ -304,6 +306,7 @@ class Node:
         return best
 
     def _want_workers(self, backlog: int) -> None:
+        """Have ``backlog`` workers starting (at most one per CPU at a time)."""
         limit = self.target_pool
         if self.starting < min(backlog, limit):
             self.loop.call_soon(self._grow_pool, min(backlog, limit) - self.starting)
@@ -372,7 +375,8 @@ class Node:
     def _make_idle(self, w) -> None:
         w.state = IDLE
         self.idle.append(w)
-        if len(self.idle) > self.target_pool:
+        if len(self.idle) > self.target_pool and not w.retire_pending:
+            w.retire_pending = True
             self.loop.call_later(self.idle_timeout, self._retire_if_idle, w)
 
     def _steal_for_idle(self) -> None:
@@ -390,6 +394,7 @@ class Node:
                         self._nudge(w)
 
     def _retire_if_idle(self, w) -> None:
+        w.retire_pending = False
         with self.lock:
             if w.state == IDLE and w in self.idle and len(self.idle) > self.target_pool:
                 self.idle.remove(w)

@@ -23,7 +23,7 @@ IDLE, BUSY, ACTOR, STARTING, DEAD = "idle", "busy", "actor", "starting", "dead"
 class WorkerRecord:
     __slots__ = ("worker_id", "proc", "pid", "conn", "state", "inflight", "lease", "lease_key",
                  "functions", "held", "actor", "blocked", "label", "out_pipes", "exit_desc",
-                 "revoking")
+                 "revoking", "retire_pending")
 
     def __init__(self, worker_id: bytes, proc: subprocess.Popen, conn: Connection):
         self.worker_id = worker_id
@@ -42,6 +42,7 @@ class WorkerRecord:
         self.out_pipes = 2
         self.exit_desc = None
         self.revoking: set = set()
+        self.retire_pending = False
 
     def describe_exit(self) -> str:
         code = self.proc.poll()

@@ -16,16 +16,19 @@ def _q(x: float) -> int:
 
 
 class Assignment:
-    __slots__ = ("request", "gpu_ids", "gpu_share")
+    __slots__ = ("request", "gpu_ids", "gpu_share", "_described")
 
     def __init__(self, request: dict[str, int], gpu_ids: list[int], gpu_share: int):
         self.request = request
         self.gpu_ids = gpu_ids
         self.gpu_share = gpu_share   # per device, in units
+        self._described = None
 
     def describe(self) -> dict:
-        out = {k: v / _UNIT for k, v in self.request.items()}
-        return out
+        """The assigned amounts as the user wrote them ({"CPU": 1.0, ...})."""
+        if self._described is None:
+            self._described = {k: v / _UNIT for k, v in self.request.items()}
+        return self._described
 
 
 class NodeResources:
