@@ -103,3 +103,62 @@ def test_interactive_session_functions_run(tmp_path):
     out = subprocess.run([sys.executable, "-i"], input=code, capture_output=True, text=True,
                          timeout=60, cwd=tmp_path)
     assert "RESULT 49" in out.stdout, out.stderr[-2000:]
+
+
+def test_many_driver_threads_submit_and_get_at_once(shoal_cluster):
+    import threading
+    import shoal
+
+    @shoal.remote
+    def double(x):
+        return 2 * x
+
+    errors = []
+
+    def client():
+        try:
+            for i in range(200):
+                assert shoal.get(double.remote(i), timeout=30) == 2 * i
+            assert shoal.get([double.remote(i) for i in range(200)], timeout=30) == \
+                [2 * i for i in range(200)]
+        except Exception as e:   # collected and reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and not any(t.is_alive() for t in threads)
+
+
+def test_shutdown_wakes_a_thread_blocked_in_get():
+    import threading
+    import time
+    import shoal
+    from shoal.exceptions import ShoalError
+
+    shoal.init(num_cpus=1)
+    try:
+        @shoal.remote
+        def slow():
+            time.sleep(60)
+
+        ref = slow.remote()
+        outcome = []
+
+        def getter():
+            try:
+                shoal.get(ref)
+            except ShoalError as e:
+                outcome.append(str(e))
+
+        t = threading.Thread(target=getter)
+        t.start()
+        from shoal.core import current_core
+        node = current_core().node
+        wait_for(lambda: len(node.requests) == 1, timeout=30, what="the get to be waiting")
+    finally:
+        shoal.shutdown()
+    t.join(30)
+    assert not t.is_alive() and "shut down" in outcome[0]

@@ -41,13 +41,14 @@ class WorkerCore(Core):
 
     # -- sending -------------------------------------------------------------
     def send(self, message: tuple) -> None:
-        with self._send_lock:
-            batch = self._ref_messages(message)
-            self.in_io = True
-            try:
-                self.conn.send_many(batch)
-            finally:
-                self.in_io = False
+        # in_io first: a SIGUSR1 handler that sent while we hold the send lock
+        # would deadlock on it (serial mode: the handler runs on this thread)
+        self.in_io = True
+        try:
+            with self._send_lock:
+                self.conn.send_many(self._ref_messages(message))
+        finally:
+            self.in_io = False
         if self.nudged:
             self.on_nudge()
 

@@ -20,6 +20,7 @@ from collections import deque
 
 from .. import config
 from ..exceptions import (ActorDiedError, GetTimeoutError, InfeasibleTaskError, ObjectLostError,
+                          ShoalError,
                           ObjectStoreFullError, TaskCancelledError, WorkerCrashedError)
 from ..object_store.allocator import Allocator
 from ..object_store.arena import Arena
@@ -488,6 +489,8 @@ class Node:
     def _h_done(self, w, msg, freed) -> None:
         _, task_id, results, retryable = msg
         rec = w.inflight.pop(task_id, None)
+        if w.revoking:
+            w.revoking.discard(task_id)
         if rec is None:
             for _, value in results:   # revoked or cancelled meanwhile: not wanted
                 self._discard_value(value)
@@ -1106,6 +1109,17 @@ class Node:
             self.stopped = True
             for w in self.workers.values():
                 w.conn.queue((m.EXIT,))
+            # nobody will answer these now: say so instead of leaving callers waiting
+            gone = ShoalError("shoal was shut down while this call was waiting")
+            for req in list(self.requests.values()):
+                if not req.done:
+                    req.done = True
+                    req.reply(False, gone)
+            self.requests.clear()
+            for gen in self.generators.values():
+                for _, reply, _ in gen.waiters:
+                    reply(False, gone)
+                gen.waiters = []
         grace_end = time.monotonic() + config.get("kill_grace_s")
         for proc in list(self.procs):
             _wait_or_kill(proc, grace_end)

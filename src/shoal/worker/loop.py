@@ -62,9 +62,11 @@ class WorkerLoop:
             self._cancel(msg[1])
         elif kind == m.REVOKE:
             wanted = set(msg[1])
-            given = [q[1][0] for q in self.queue if q[1][0] in wanted]
-            if given:
-                self.queue = deque(q for q in self.queue if q[1][0] not in wanted)
+            given = []
+            for q in list(self.queue):
+                if q[1][0] in wanted:
+                    self.queue.remove(q)      # in place: run() may be between check and pop
+                    given.append(q[1][0])
             self.core.send((m.REVOKED, given))
         elif kind == m.EXIT:
             self.exiting = True
@@ -83,8 +85,12 @@ class WorkerLoop:
         core = self.core
         try:
             while not self.exiting:
-                if self.queue:
-                    self._execute_logged(self.queue.popleft())
+                try:
+                    msg = self.queue.popleft()
+                except IndexError:
+                    msg = None
+                if msg is not None:
+                    self._execute_logged(msg)
                     continue
                 core.flush_refs()
                 if core.reader is None:
