@@ -14,7 +14,12 @@ from __future__ import annotations
 
 from collections import deque
 
-from ..scheduler.task import TaskSpec, object_id_for
+from .. import config
+from ..exceptions import ActorDiedError
+from ..scheduler.task import ACTOR_CALL, TaskSpec, object_id_for
+from ..transport import messages as m
+from .records import FINISHED, RUNNING, WAITING_DEPS, TaskRecord
+from .workers import ACTOR as W_ACTOR
 
 PENDING, ALIVE, RESTARTING, DEAD = "PENDING_CREATION", "ALIVE", "RESTARTING", "DEAD"
 
@@ -44,3 +49,200 @@ class ActorRecord:
     def death_message(self) -> str:
         reason = self.death_reason or "The actor is dead."
         return f"Actor {self.class_name} ({self.actor_id.hex()}) is dead: {reason}"
+
+
+class NodeActors:
+    """The node's actor lifecycle: placing, creating, calling, restarting
+    and ending actors. Part of ``Node`` (a base class of it); runs under
+    ``node.lock`` and uses the node's tables."""
+
+    def _svc_kill_actor(self, client, request_id, reply, actor_id, no_restart) -> None:
+        actor = self.actors.get(actor_id)
+        if actor is None:
+            raise ValueError("no such actor")
+        if no_restart:
+            actor.no_restart = True
+            actor.exit_reason = "The actor was killed by shoal.kill()."
+        if actor.worker is not None:
+            actor.worker.proc.kill()
+        elif actor.state != DEAD and no_restart:
+            self._actor_dead(actor, actor.exit_reason)
+        reply(True, None)
+
+    def _svc_register_name(self, client, request_id, reply, name, namespace, actor_id,
+                           get_if_exists) -> None:
+        key = (namespace, name)
+        existing = self.named.get(key)
+        if existing is not None:
+            actor = self.actors.get(existing)
+            if actor is not None and actor.state != DEAD:
+                if get_if_exists:
+                    reply(True, (existing, actor.spec.options.get("handle_meta")))
+                    return
+                raise ValueError(f"an actor named {name!r} already exists in namespace "
+                                 f"{namespace!r}; pass get_if_exists=True to reuse it")
+        self.named[key] = actor_id
+        reply(True, None)
+
+    def _svc_get_actor(self, client, request_id, reply, name, namespace) -> None:
+        actor_id = self.named.get((namespace, name))
+        actor = self.actors.get(actor_id) if actor_id else None
+        if actor is None or actor.state == DEAD:
+            raise ValueError(f"Failed to look up actor with name {name!r} in namespace "
+                             f"{namespace!r}: no such live actor")
+        reply(True, (actor_id, actor.spec.options.get("handle_meta")))
+
+    def _schedule_actors(self) -> None:
+        for _ in range(len(self.pending_actors)):
+            actor = self.pending_actors.popleft()
+            if actor.state == DEAD:
+                continue
+            if actor.assignment is None:
+                actor.assignment = self.resources.try_acquire(actor.request)
+                if actor.assignment is None:
+                    self.pending_actors.append(actor)
+                    continue
+            w = self.idle.pop() if self.idle else None
+            if w is None:
+                self.pending_actors.append(actor)
+                self._want_workers(len(self.pending_actors))
+                continue
+            self._start_actor_on(actor, w)
+        if self.idle == [] and self.starting == 0 and not self.stopped:
+            # keep a warm worker for the next task or actor
+            self._want_workers(1)
+
+    def _start_actor_on(self, actor: ActorRecord, w) -> None:
+        for _, dep in actor.spec.deps:
+            value = self.objects.entries[dep].value
+            if value[0] == m.ERROR:
+                self._actor_dead(actor, "An argument of its constructor failed; see the "
+                                 "cause below.", cause=value)
+                self._make_idle(w)
+                return
+        actor.spec.options["restarted"] = actor.num_restarts > 0
+        w.state = W_ACTOR
+        w.actor = actor
+        actor.worker = w
+        rec = TaskRecord(actor.spec, actor.request, ())
+        rec.state = RUNNING
+        self._execute(w, rec)
+
+    def _actor_created(self, actor: ActorRecord, rec: TaskRecord, results, freed) -> None:
+        oid, value = results[0]
+        if value[0] == m.ERROR:
+            actor.no_restart = True
+            self._store(oid, value, freed)
+            self._actor_dead(actor, "The actor's constructor raised an error; see the "
+                             "cause above.", cause=value)
+            if actor.worker is not None:
+                self._send(actor.worker, (m.EXIT,))
+            return
+        if actor.num_restarts == 0:
+            self._store(oid, value, freed)
+        actor.state = ALIVE
+        self._pump_actor(actor)
+
+    def _pump_actor(self, actor: ActorRecord) -> None:
+        if actor.state != ALIVE:
+            return
+        q = actor.queue
+        w = actor.worker
+        while q:
+            rec = q[0]
+            if rec.state == FINISHED:
+                q.popleft()
+                continue
+            if rec.deps_left:
+                break
+            q.popleft()
+            self._execute(w, rec)
+
+    def _actor_dead(self, actor: ActorRecord, reason: str, cause: tuple | None = None) -> None:
+        actor.state = DEAD
+        actor.death_reason = reason
+        actor.death_cause = cause
+        if actor.assignment is not None:
+            self.resources.release(actor.assignment)
+            actor.assignment = None
+        name_key = (actor.namespace, actor.name)
+        if actor.name and self.named.get(name_key) == actor.actor_id:
+            del self.named[name_key]
+        err = self._actor_error(actor)
+        while actor.queue:
+            rec = actor.queue.popleft()
+            if rec.state != FINISHED:
+                self._finish(rec, err)
+        rec = self.tasks.get(actor.actor_id)
+        if rec is not None:   # its arguments were kept for restarts; now let them go
+            entry = self.objects.get(actor.handle_id)
+            if entry is not None and entry.value is not None:
+                freed: list = []
+                self._task_ended(rec, freed)
+                self._free(freed)
+            else:
+                self._finish(rec, err)
+
+    def _actor_error(self, actor: ActorRecord) -> tuple:
+        msg = actor.death_message()
+        if actor.death_cause is not None:
+            from ..serialization import deserialize
+            try:
+                cause = deserialize(*actor.death_cause[1])
+                msg = f"{msg}\n\n{cause}"
+            except Exception:
+                pass
+        return self._error_value(ActorDiedError(msg, actor.actor_id.hex()))
+
+    def _actor_out_of_scope(self, actor: ActorRecord) -> None:
+        if actor.state == DEAD or actor.detached:
+            return
+        actor.no_restart = True
+        actor.exit_reason = "All references to the actor were removed."
+        w = actor.worker
+        if w is not None:
+            self._send(w, (m.EXIT,))
+            self.loop.call_later(config.get("kill_grace_s"), _kill_if_alive, w.proc)
+        else:
+            self._actor_dead(actor, actor.exit_reason)
+
+    def _actor_worker_lost(self, actor: ActorRecord, w, exit_desc: str) -> None:
+        actor.worker = None
+        inflight = [r for r in w.inflight.values() if r.spec.kind == ACTOR_CALL]
+        if actor.state == DEAD:
+            return
+        restartable = not actor.no_restart and actor.restarts_left != 0
+        if not restartable:
+            reason = actor.exit_reason or (
+                f"The actor's worker process died unexpectedly: {exit_desc}.")
+            for rec in inflight:
+                if rec.state != FINISHED:
+                    self._finish(rec, self._error_value(ActorDiedError(
+                        f"{reason} (while running {rec.spec.name})", actor.actor_id.hex())))
+            self._actor_dead(actor, reason)
+            return
+        if actor.restarts_left > 0:
+            actor.restarts_left -= 1
+        actor.num_restarts += 1
+        actor.state = RESTARTING
+        retry = []
+        for rec in inflight:
+            if rec.retries_left != 0:
+                if rec.retries_left > 0:
+                    rec.retries_left -= 1
+                rec.state = WAITING_DEPS
+                retry.append(rec)
+            else:
+                self._finish(rec, self._error_value(ActorDiedError(
+                    f"The actor's worker died ({exit_desc}) while running {rec.spec.name}; "
+                    f"the actor is restarting, but max_task_retries does not allow this "
+                    f"call to be retried.", actor.actor_id.hex())))
+        actor.queue.extendleft(reversed(retry))
+        self.pending_actors.append(actor)
+        self._schedule()
+
+
+
+def _kill_if_alive(proc) -> None:
+    if proc.poll() is None:
+        proc.kill()

@@ -1,0 +1,39 @@
+"""The node's record of each task (and of a streaming task's items).
+
+Plain data, owned by the node and touched only under ``node.lock``.
+"""
+from __future__ import annotations
+
+import time
+
+from ..scheduler.task import TaskSpec
+
+QUEUED, WAITING_DEPS, RUNNING, FINISHED = "queued", "waiting", "running", "finished"
+
+
+class TaskRecord:
+    __slots__ = ("spec", "state", "retries_left", "worker", "deps_left", "request", "key",
+                 "cancelled", "children", "gen", "submitted_at")
+
+    def __init__(self, spec: TaskSpec, request: dict, key):
+        self.spec = spec
+        self.state = WAITING_DEPS
+        self.retries_left = spec.max_retries
+        self.worker = None
+        self.deps_left = 0
+        self.request = request      # quantized resources
+        self.key = key              # resource shape, for queueing and pipelining
+        self.cancelled = False
+        self.children = None
+        self.gen = None             # GeneratorState for streaming tasks
+        self.submitted_at = time.time()
+
+
+class GeneratorState:
+    __slots__ = ("count", "done", "waiters", "released")
+
+    def __init__(self):
+        self.count = 0
+        self.done = False
+        self.waiters = []           # (index, reply)
+        self.released = 0           # items below this index no longer pinned for the consumer
