@@ -11,7 +11,7 @@ from collections import deque
 from .. import config
 from ..exceptions import SerializationError
 from ..object_ref import ObjectRef, set_ref_log
-from ..scheduler.task import ACTOR_CREATE, STREAMING, TaskSpec, new_task_id, object_id_for
+from ..scheduler.task import ACTOR_CREATE, STREAMING, TaskSpec, new_task_id
 from ..serialization import deserialize, pack_inline, serialize, write_packed
 from ..transport.messages import ERROR, INLINE, SHM
 

@@ -145,12 +145,14 @@ class WorkerCore(Core):
 
     def pump(self, timeout=None) -> None:
         """Serial mode: read the socket once (up to ``timeout``) and route."""
-        if timeout is not None:
-            r, _, _ = select.select([self.conn.sock], [], [], max(0.0, timeout))
-            if not r:
-                return
+        # in_io from before select(): a nudge handler reading in between would
+        # take the bytes select() saw, and the read below would block forever
         self.in_io = True
         try:
+            if timeout is not None:
+                r, _, _ = select.select([self.conn.sock], [], [], max(0.0, timeout))
+                if not r:
+                    return
             msgs = self.conn.read_messages()
         finally:
             self.in_io = False

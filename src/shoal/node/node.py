@@ -444,10 +444,14 @@ class Node(NodeServices, NodeActors):
             objects.remove_ref(oid, n, freed)
 
     def _h_put(self, w, msg, freed) -> None:
+        self._claim(w, msg[2])
         self._store(msg[1], msg[2], freed)
 
     def _h_done(self, w, msg, freed) -> None:
         _, task_id, results, retryable = msg
+        if w.allocs:
+            for _, value in results:
+                self._claim(w, value)
         rec = w.inflight.pop(task_id, None)
         if w.revoking:
             w.revoking.discard(task_id)
@@ -479,14 +483,24 @@ class Node(NodeServices, NodeActors):
             self._worker_maybe_idle(w)
             self._schedule()
 
+    def _claim(self, w, value: tuple) -> None:
+        """A worker reported the shared memory it allocated for ``value``."""
+        if value[0] == m.SHM:
+            w.allocs.discard(value[1][0])
+
     def _h_gen_item(self, w, msg, freed) -> None:
         _, task_id, index, value = msg
+        self._claim(w, value)
         rec = self.tasks.get(task_id)
         if rec is None or rec.gen is None:
             self._discard_value(value)
             return
         gen = rec.gen
         oid = object_id_for(task_id, index + 2)
+        e = self.objects.get(oid)
+        if (e is not None and e.value is not None) or index < gen.released:
+            self._discard_value(value)   # a retry yields it again; the first stands
+            return
         if task_id in self.generators:
             self.objects.pin(oid)      # held for the consumer until it asks for the next
         self.objects.expect(oid)
@@ -623,10 +637,13 @@ class Node(NodeServices, NodeActors):
             w.state = "dead"
             if self.stopped:
                 return
-            for rec in list(w.inflight.values()):
+            for position, rec in enumerate(list(w.inflight.values())):
                 if rec.spec.kind == ACTOR_CALL or rec.spec.kind == ACTOR_CREATE:
                     continue
-                if rec.cancelled:
+                if position > 0 or rec.spec.task_id in w.revoking:
+                    # queued behind the running task: it never started, costs no retry
+                    self._requeue(rec)
+                elif rec.cancelled:
                     self._finish(rec, self._error_value(TaskCancelledError(
                         f"task {rec.spec.name} was cancelled")))
                 elif rec.retries_left != 0:
@@ -642,6 +659,9 @@ class Node(NodeServices, NodeActors):
             for oid, n in w.held.items():
                 self.objects.remove_ref(oid, n, freed)
             w.held.clear()
+            for offset in w.allocs:     # written but never reported: nobody can read it
+                self.allocator.free(offset)
+            w.allocs.clear()
             self._free(freed)
             self._schedule()
             if len(self.idle) + self.starting == 0:

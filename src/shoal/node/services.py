@@ -164,9 +164,13 @@ class NodeServices:
                 f"in use. Free references to objects you no longer need, or start shoal with "
                 f"a larger object_store_memory."))
         else:
+            if client is not DRIVER:
+                client.allocs.add(offset)   # freed by the node if the worker dies first
             reply(True, offset)
 
     def _svc_free_alloc(self, client, request_id, reply, offset) -> None:
+        if client is not DRIVER:
+            client.allocs.discard(offset)
         self.allocator.free(offset)
 
     def _svc_generator_next(self, client, request_id, reply, task_id, index) -> None:

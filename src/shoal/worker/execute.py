@@ -31,12 +31,12 @@ class Prepared:
         self.kwargs = kwargs
 
 
-def prepare(core, functions: dict, msg: tuple) -> Prepared:
-    _, wire, blob, dep_values, assigned = msg
+def prepare(core, functions: dict, blobs: dict, msg: tuple) -> Prepared:
+    _, wire, _, dep_values, assigned = msg
     spec = TaskSpec.from_wire(wire)
     fid = spec.function_id
-    if blob is not None:
-        functions[fid] = loads_function(blob)
+    if fid is not None and fid not in functions:
+        functions[fid] = loads_function(blobs.pop(fid))
     ctx = core.context
     ctx.task_id = spec.task_id
     ctx.task_name = spec.name

@@ -32,6 +32,7 @@ class WorkerLoop:
         self.core = core
         self.queue: deque = deque()
         self.functions: dict = {}
+        self.blobs: dict = {}        # function id -> pickled code, until first used
         self.exiting = False
         self.current = None          # task id running on the main thread
         self.cancelled: set = set()
@@ -51,6 +52,10 @@ class WorkerLoop:
     def on_message(self, msg: tuple) -> None:
         kind = msg[0]
         if kind == m.EXECUTE:
+            if msg[2] is not None:
+                # keep the code now: the node sends it once per worker, and this
+                # task may be revoked before it runs
+                self.blobs[msg[1][2]] = msg[2]
             if self.aloop is not None:
                 fut = asyncio.run_coroutine_threadsafe(self._execute_async(msg), self.aloop)
                 self.async_tasks[msg[1][0]] = fut
@@ -97,8 +102,10 @@ class WorkerLoop:
                     core.pump()
                 else:
                     with self.wakeup:
-                        while not self.queue and not self.exiting:
-                            self.wakeup.wait()
+                        if not self.queue and not self.exiting:
+                            # wake now and then: calls finishing on other threads drop
+                            # refs that must reach the node even while no call comes
+                            self.wakeup.wait(0.1)
         except ConnectionClosed:
             pass
         finally:
@@ -118,7 +125,7 @@ class WorkerLoop:
         core = self.core
         spec = None
         try:
-            p = prepare(core, self.functions, msg)
+            p = prepare(core, self.functions, self.blobs, msg)
             spec = p.spec
             self._set_label(spec)
             self._set_gpus(msg[4])
@@ -152,7 +159,7 @@ class WorkerLoop:
         spec = TaskSpec.from_wire(msg[1])
         try:
             async with self.semaphore:
-                p = prepare(core, self.functions, msg)
+                p = prepare(core, self.functions, self.blobs, msg)
                 self._set_label(spec)
                 result = p.fn(*p.args, **p.kwargs)
                 if inspect.isasyncgen(result):
