@@ -640,12 +640,12 @@ class Node(NodeServices, NodeActors):
             for position, rec in enumerate(list(w.inflight.values())):
                 if rec.spec.kind == ACTOR_CALL or rec.spec.kind == ACTOR_CREATE:
                     continue
-                if position > 0 or rec.spec.task_id in w.revoking:
-                    # queued behind the running task: it never started, costs no retry
-                    self._requeue(rec)
-                elif rec.cancelled:
+                if rec.cancelled:
                     self._finish(rec, self._error_value(TaskCancelledError(
                         f"task {rec.spec.name} was cancelled")))
+                elif position > 0 or rec.spec.task_id in w.revoking:
+                    # queued behind the running task: it never started, costs no retry
+                    self._requeue(rec)
                 elif rec.retries_left != 0:
                     if rec.retries_left > 0:
                         rec.retries_left -= 1

@@ -233,7 +233,8 @@ class NodeServices:
             self._finish(rec, err)
         elif rec.state == RUNNING:
             w = rec.worker
-            if force:
+            started = next(iter(w.inflight), None) == task_id or w.actor is not None
+            if force and started:
                 w.proc.kill()
             else:
                 self._send(w, (m.CANCEL, task_id))
