@@ -35,22 +35,32 @@ class WorkerCore(Core):
         self.forgotten: set = set()
         self.reader = None
         self.on_message = None             # the worker loop's handler for non-replies
-        self.in_io = False                 # serial mode: reading or sending right now
-        self.nudged = False                # a SIGUSR1 came while in_io: read once it ends
+        # Serial mode: a SIGUSR1 nudge may read the socket only while the main
+        # thread runs user code; anywhere in shoal's own code (mid-read,
+        # mid-send, between a check and a read) it just sets ``nudged``, and
+        # the read happens when control returns to user code (``_leave``).
+        self.user_code = False
+        self.nudged = False
         self.on_nudge = None
 
     # -- sending -------------------------------------------------------------
+    def _enter(self) -> bool:
+        prev = self.user_code
+        self.user_code = False
+        return prev
+
+    def _leave(self, prev: bool) -> None:
+        self.user_code = prev
+        if prev and self.nudged:
+            self.on_nudge()
+
     def send(self, message: tuple) -> None:
-        # in_io first: a SIGUSR1 handler that sent while we hold the send lock
-        # would deadlock on it (serial mode: the handler runs on this thread)
-        self.in_io = True
+        prev = self._enter()
         try:
             with self._send_lock:
                 self.conn.send_many(self._ref_messages(message))
         finally:
-            self.in_io = False
-        if self.nudged:
-            self.on_nudge()
+            self._leave(prev)
 
     def _ref_messages(self, message) -> list:
         log = self.ref_log
@@ -108,6 +118,13 @@ class WorkerCore(Core):
 
     # -- requests ------------------------------------------------------------
     def request(self, op: str, *args, timeout=None):
+        prev = self._enter()
+        try:
+            return self._request(op, args, timeout)
+        finally:
+            self._leave(prev)
+
+    def _request(self, op: str, args: tuple, timeout):
         rid = next(self._request_ids)
         if self.reader is not None:
             fut = self.waiting[rid] = concurrent.futures.Future()
@@ -144,33 +161,24 @@ class WorkerCore(Core):
         return fut
 
     def pump(self, timeout=None) -> None:
-        """Serial mode: read the socket once (up to ``timeout``) and route."""
-        # in_io from before select(): a nudge handler reading in between would
-        # take the bytes select() saw, and the read below would block forever
-        self.in_io = True
-        try:
-            if timeout is not None:
-                r, _, _ = select.select([self.conn.sock], [], [], max(0.0, timeout))
-                if not r:
-                    return
-            msgs = self.conn.read_messages()
-        finally:
-            self.in_io = False
-        for msg in msgs:
+        """Serial mode: read the socket once (up to ``timeout``) and route.
+        Never called from user code, so no nudge reads the socket meanwhile."""
+        if timeout is not None:
+            r, _, _ = select.select([self.conn.sock], [], [], max(0.0, timeout))
+            if not r:
+                return
+        self.nudged = False
+        for msg in self.conn.read_messages():
             self.route(msg)
-        if self.nudged:
-            self.on_nudge()
 
     def read_available(self) -> None:
         """Serial mode: route whatever has arrived, without blocking."""
         self.nudged = False
         sock = self.conn.sock
         sock.setblocking(False)
-        self.in_io = True
         try:
             msgs = self.conn.read_messages()
         finally:
-            self.in_io = False
             sock.setblocking(True)
         for msg in msgs:
             self.route(msg)

@@ -132,10 +132,20 @@ class WorkerLoop:
             self.current = spec.task_id
             if spec.kind == ACTOR_CREATE:
                 self._configure_actor(spec)
-            result = p.fn(*p.args, **p.kwargs)
-            if is_streaming(spec):
-                done = run_streaming(core, spec, result)
-            else:
+            if core.nudged:
+                core.read_available()
+                if spec.task_id in self.cancelled:
+                    raise KeyboardInterrupt
+            core.user_code = core.reader is None
+            try:
+                result = p.fn(*p.args, **p.kwargs)
+                if is_streaming(spec):
+                    done = run_streaming(core, spec, result)
+                else:
+                    done = None
+            finally:
+                core.user_code = False
+            if done is None:
                 done = finish_ok(core, spec, result)
             if spec.kind == ACTOR_CREATE:
                 self._start_concurrency(spec)
@@ -239,17 +249,22 @@ class WorkerLoop:
         core = self.core
         if core.reader is not None:
             return      # the reader thread sees every message as it comes
-        if core.in_io:
-            core.nudged = True
+        if not core.user_code:
+            core.nudged = True     # read when control is back in user code
             return
-        core.read_available()
-        if self.current is not None and self.current in self.cancelled:
-            raise KeyboardInterrupt
+        self._deferred_nudge()
 
     def _deferred_nudge(self) -> None:
-        self.core.read_available()
+        """Read what the nudge announced; called only where the main thread is
+        about to run user code again, so raising here interrupts the task."""
+        core = self.core
+        core.user_code = False
+        try:
+            core.read_available()
+        finally:
+            core.user_code = True
         if self.current is not None and self.current in self.cancelled:
-            os.kill(os.getpid(), signal.SIGUSR1)   # raise in the task, not in the send
+            raise KeyboardInterrupt
 
     # -- process state -------------------------------------------------------------
     def _set_label(self, spec) -> None:
