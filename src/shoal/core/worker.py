@@ -42,6 +42,7 @@ class WorkerCore(Core):
         self.user_code = False
         self.nudged = False
         self.on_nudge = None
+        self.cancelled = None              # () -> True when the running task was cancelled
 
     # -- sending -------------------------------------------------------------
     def _enter(self) -> bool:
@@ -143,6 +144,11 @@ class WorkerCore(Core):
                 if left is not None and left <= 0:
                     self._give_up(rid, op, timeout)
                 self.pump(left)
+                if self.cancelled is not None and self.cancelled():
+                    # the task waiting here was cancelled: stop waiting, raise in it
+                    self.forgotten.add(rid)
+                    self.send((m.CALL, 0, "forget", (rid,)))
+                    raise KeyboardInterrupt
             ok, value = self.replies.pop(rid)
         if ok:
             return value

@@ -46,6 +46,7 @@ class WorkerLoop:
         self.gpus_set = None
         core.on_message = self.on_message
         core.on_nudge = self._deferred_nudge
+        core.cancelled = lambda: self.current is not None and self.current in self.cancelled
         signal.signal(signal.SIGUSR1, self._on_nudge)
 
     # -- receiving -------------------------------------------------------------
