@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -209,22 +211,32 @@ def test_unpicklable_exception_still_reports_its_message(shoal_cluster):
         shoal.get(raise_odd.remote())
 
 
-def test_worker_output_reaches_the_driver_with_a_prefix(shoal_cluster, capfd):
-    @shoal.remote
-    def chatty():
-        print("hello from the worker")
-        return os.getpid()
-
-    pid = shoal.get(chatty.remote())
-    seen = []
-
-    def printed():
-        out, err = capfd.readouterr()
-        seen.append(out + err)
-        return "hello from the worker" in "".join(seen)
-    wait_for(printed, timeout=10, what="the worker's output")
-    line = [ln for ln in "".join(seen).splitlines() if "hello from the worker" in ln][0]
-    assert line == f"(chatty pid={pid}) hello from the worker"
+def test_worker_output_reaches_the_driver_with_a_prefix(tmp_path):
+    # a driver of its own, so its whole terminal output can be read at the end
+    script = tmp_path / "driver.py"
+    script.write_text(
+        "import os, sys, shoal\n"
+        "@shoal.remote\n"
+        "def chatty():\n"
+        "    print('hello from the worker')\n"
+        "    print('and to stderr', file=sys.stderr)\n"
+        "    return os.getpid()\n"
+        "@shoal.remote\n"
+        "class Talker:\n"
+        "    def say(self):\n"
+        "        print('hello from the actor')\n"
+        "        return os.getpid()\n"
+        "print('PID', shoal.get(chatty.remote()))\n"
+        "print('APID', shoal.get(Talker.remote().say.remote()))\n"
+        "shoal.shutdown()\n")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    pid = proc.stdout.split("PID ")[1].split()[0]
+    apid = proc.stdout.split("APID ")[1].split()[0]
+    assert f"(chatty pid={pid}) hello from the worker" in proc.stdout.splitlines()
+    assert f"(chatty pid={pid}) and to stderr" in proc.stderr.splitlines()
+    assert f"(Talker pid={apid}) hello from the actor" in proc.stdout.splitlines()
 
 
 @pytest.mark.cluster(num_cpus=1, log_to_driver=False)

@@ -43,14 +43,23 @@ class WorkerCore(Core):
         self.nudged = False
         self.on_nudge = None
         self.cancelled = None              # () -> True when the running task was cancelled
+        # serial mode, several threads: one reads at a time (``_reading``), the
+        # others wait on ``_turn`` and find their replies routed for them
+        self._turn = threading.Condition()
+        self._reading = False
+        self._main = threading.main_thread()
 
     # -- sending -------------------------------------------------------------
     def _enter(self) -> bool:
+        if threading.current_thread() is not self._main:
+            return False    # only the main thread runs the task and takes nudges
         prev = self.user_code
         self.user_code = False
         return prev
 
     def _leave(self, prev: bool) -> None:
+        if threading.current_thread() is not self._main:
+            return
         self.user_code = prev
         if prev and self.nudged:
             self.on_nudge()
@@ -169,25 +178,42 @@ class WorkerCore(Core):
     def pump(self, timeout=None) -> None:
         """Serial mode: read the socket once (up to ``timeout``) and route.
         Never called from user code, so no nudge reads the socket meanwhile."""
-        if timeout is not None:
-            r, _, _ = select.select([self.conn.sock], [], [], max(0.0, timeout))
-            if not r:
+        with self._turn:
+            if self._reading:    # another thread reads: wait for it to route
+                self._turn.wait(timeout)
                 return
-        self.nudged = False
-        for msg in self.conn.read_messages():
-            self.route(msg)
+            self._reading = True
+        try:
+            if timeout is not None:
+                r, _, _ = select.select([self.conn.sock], [], [], max(0.0, timeout))
+                if not r:
+                    return
+            self.nudged = False
+            for msg in self.conn.read_messages():
+                self.route(msg)
+        finally:
+            with self._turn:
+                self._reading = False
+                self._turn.notify_all()
 
     def read_available(self) -> None:
         """Serial mode: route whatever has arrived, without blocking."""
+        with self._turn:
+            if self._reading:     # another thread reads; it routes what came
+                return
+            self._reading = True
         self.nudged = False
         sock = self.conn.sock
         sock.setblocking(False)
         try:
             msgs = self.conn.read_messages()
+            for msg in msgs:
+                self.route(msg)
         finally:
             sock.setblocking(True)
-        for msg in msgs:
-            self.route(msg)
+            with self._turn:
+                self._reading = False
+                self._turn.notify_all()
 
     def route(self, msg: tuple) -> None:
         if msg[0] == m.REPLY:

@@ -24,12 +24,13 @@ class StreamRelay:
         self.partial = b""
         self.enabled = enabled
 
-    def read(self) -> bool:
-        """Relay what is readable; False at end of stream."""
+    def read(self):
+        """Relay what is readable: True if something was, None if nothing is
+        there now, False at end of stream."""
         try:
             data = os.read(self.fd, 65536)
         except BlockingIOError:
-            return True
+            return None
         except OSError:
             data = b""
         if not data:
@@ -42,6 +43,12 @@ class StreamRelay:
         self.partial = lines.pop()
         self._emit(lines)
         return True
+
+    def drain(self) -> None:
+        """Relay everything the pipe holds now (never blocks: a grandchild
+        process may still hold the pipe open)."""
+        while self.read():
+            pass
 
     def _emit(self, lines: list[bytes]) -> None:
         out = []

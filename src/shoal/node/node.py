@@ -74,6 +74,7 @@ class Node(NodeServices, NodeActors):
         self.target_pool = max(1, int(resources.get("CPU", 1)))
         self.stopped = False
         self.procs: list = []                     # every worker process started, for reaping
+        self.relays: list = []                    # output relays of live workers
         self.worker_env = {"SHOAL_JOB_ID": job_id.hex(), "SHOAL_NODE_ID": node_id.hex(),
                            "SHOAL_NAMESPACE": namespace}
         self.loop = EventLoop()
@@ -384,6 +385,8 @@ class Node(NodeServices, NodeActors):
             for fd, to_err in ((w.proc.stdout.fileno(), False), (w.proc.stderr.fileno(), True)):
                 os.set_blocking(fd, False)
                 relay = StreamRelay(fd, w.pid, to_err, self.log_to_driver)
+                self.relays.append(relay)
+                w.relays.append(relay)
                 self.loop.add_reader(fd, self._on_output, (w, relay))
             self.loop.call_later(config.get("worker_start_timeout_s"), self._check_started, w)
 
@@ -393,9 +396,12 @@ class Node(NodeServices, NodeActors):
 
     def _on_output(self, arg) -> None:
         w, relay = arg
-        if not relay.read():
+        if relay.read() is False:
             self.loop.remove(relay.fd)
             w.out_pipes -= 1
+            with self.lock:
+                if relay in self.relays:
+                    self.relays.remove(relay)
 
     # ------------------------------------------------------------- messages
     def _on_readable(self, w) -> None:
@@ -615,8 +621,12 @@ class Node(NodeServices, NodeActors):
             self.workers.pop(w.worker_id, None)
             if w.proc.poll() is not None and w.proc in self.procs:
                 self.procs.remove(w.proc)
+                for relay in w.relays:
+                    self.loop.remove(relay.fd)
+                    relay.drain()
+                    if relay in self.relays:
+                        self.relays.remove(relay)
                 for f in (w.proc.stdout, w.proc.stderr):
-                    self.loop.remove(f.fileno())
                     f.close()
             if w in self.idle:
                 self.idle.remove(w)
@@ -696,6 +706,8 @@ class Node(NodeServices, NodeActors):
             _wait_or_kill(proc, time.monotonic())
         for w in list(self.workers.values()):
             w.conn.close()
+        for relay in self.relays:   # what workers printed last still reaches the terminal
+            relay.drain()
         for proc in self.procs:
             for f in (proc.stdout, proc.stderr):
                 try:

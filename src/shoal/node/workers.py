@@ -23,7 +23,7 @@ IDLE, BUSY, ACTOR, STARTING, DEAD = "idle", "busy", "actor", "starting", "dead"
 class WorkerRecord:
     __slots__ = ("worker_id", "proc", "pid", "conn", "state", "inflight", "lease", "lease_key",
                  "functions", "held", "actor", "blocked", "label", "out_pipes", "exit_desc",
-                 "revoking", "retire_pending", "allocs")
+                 "revoking", "retire_pending", "allocs", "relays")
 
     def __init__(self, worker_id: bytes, proc: subprocess.Popen, conn: Connection):
         self.worker_id = worker_id
@@ -43,6 +43,7 @@ class WorkerRecord:
         self.exit_desc = None
         self.revoking: set = set()
         self.retire_pending = False
+        self.relays: list = []     # its stdout and stderr relays
         self.allocs: set = set()   # arena offsets it allocated and has not yet reported
 
     def describe_exit(self) -> str:
