@@ -153,7 +153,8 @@ class WorkerCore(Core):
                 if left is not None and left <= 0:
                     self._give_up(rid, op, timeout)
                 self.pump(left)
-                if self.cancelled is not None and self.cancelled():
+                if (self.cancelled is not None and threading.current_thread() is self._main
+                        and self.cancelled()):
                     # the task waiting here was cancelled: stop waiting, raise in it
                     self.forgotten.add(rid)
                     self.send((m.CALL, 0, "forget", (rid,)))
