@@ -59,3 +59,18 @@ def _no_leftover_cluster():
     if shoal.is_initialized():
         shoal.shutdown()
         pytest.fail("the test left shoal initialised")
+
+
+def wait_for_file(path: str, seconds: float = 60.0) -> bool:
+    """Inside a task: poll for ``path`` (created by the driver) with a deadline."""
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def touch(path: str) -> None:
+    with open(path, "w"):
+        pass

@@ -21,7 +21,7 @@ import pytest
 
 import shoal
 from shoal.exceptions import WorkerCrashedError
-from tests.conftest import wait_for, worker_children
+from tests.conftest import touch as _touch, wait_for, wait_for_file as _wait_for_file, worker_children
 
 GET_TIMEOUT = 90
 
@@ -30,19 +30,8 @@ def get(refs, timeout: float = GET_TIMEOUT):
     return shoal.get(refs, timeout=timeout)
 
 
-def _wait_for_file(path: str, seconds: float = 60.0) -> bool:
-    """Inside a task: poll for ``path`` (created by the driver) with a deadline."""
-    deadline = time.monotonic() + seconds
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
-def _touch(path: str) -> None:
-    with open(path, "w"):
-        pass
 
 
 def _append(path: str, text: str) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import shoal
+from tests.conftest import wait_for_file as _wait_for_file
 from shoal.exceptions import ActorDiedError, ShoalError, TaskError, WorkerCrashedError
 
 GET_TIMEOUT = 30
@@ -27,14 +28,6 @@ class StreamError(Exception):
     """A user exception raised part-way through a generator."""
 
 
-def _wait_for_file(path: str, seconds: float) -> bool:
-    """Inside a task: poll for ``path`` (created by the driver) with a deadline."""
-    deadline = time.monotonic() + seconds
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 # ------------------------------------------------------------ remote functions

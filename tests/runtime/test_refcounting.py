@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 import shoal
+from tests.conftest import touch as _touch, wait_for_file as _wait_for_file
 from shoal.core import current_core
 from shoal.exceptions import ActorDiedError, TaskCancelledError, WorkerCrashedError
 from tests.conftest import wait_for
@@ -86,19 +87,8 @@ def big_array(seed: int, n: int = BIG) -> np.ndarray:
 
 
 # --------------------------------------------------------------- task gates
-def _wait_for_file(path: str, seconds: float = 60.0) -> bool:
-    """Inside a task: poll for ``path`` (created by the driver) with a deadline."""
-    deadline = time.monotonic() + seconds
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
-def _touch(path: str) -> None:
-    with open(path, "w"):
-        pass
 
 
 # --------------------------------------------------------- remote functions
