@@ -15,7 +15,6 @@ import psutil
 from . import core as _core_mod
 from .actor import ActorClass, ActorHandle
 from .core import current_core, get_core
-from .exceptions import GetTimeoutError
 from .object_ref import ObjectRef, ObjectRefGenerator
 from .remote_function import RemoteFunction
 from .scheduler.task import object_id_for

@@ -873,6 +873,16 @@ def test_generator_whose_consuming_task_crashes_frees_its_items(shoal_cluster, t
     wait_all_freed(what="the items of a crashed consumer's generator to be freed")
 
 
+def _run_threads(target, n: int) -> None:
+    """Run ``target(t)`` on ``n`` threads at once; fail if any hangs."""
+    threads = [threading.Thread(target=target, args=(t,)) for t in range(n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=90)
+    assert not any(th.is_alive() for th in threads), "a thread hung"
+
+
 # =============================================================== concurrency
 def test_concurrent_large_puts_and_gets_from_four_driver_threads(shoal_cluster):
     errors: list = []
@@ -896,12 +906,7 @@ def test_concurrent_large_puts_and_gets_from_four_driver_threads(shoal_cluster):
         except BaseException as e:   # reported below
             errors.append(f"thread {t}: {e!r}")
 
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(timeout=90)
-    assert not any(th.is_alive() for th in threads), "a thread hung"
+    _run_threads(worker, 4)
     assert errors == []
     wait_all_freed(what="objects of 4 threads to be freed")
 
@@ -923,12 +928,7 @@ def test_concurrent_puts_held_by_threads_are_never_freed_early(shoal_cluster):
         except BaseException as e:
             errors.append(f"thread {t}: {e!r}")
 
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(timeout=90)
-    assert not any(th.is_alive() for th in threads), "a thread hung"
+    _run_threads(worker, 4)
     assert errors == []
     wait_all_freed()
 

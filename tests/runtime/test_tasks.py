@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import shoal
+from tests.conftest import touch, wait_for_file
 from shoal.exceptions import GetTimeoutError
 
 
@@ -168,14 +169,8 @@ def test_many_tasks_complete(shoal_cluster):
 @shoal.remote
 def rendezvous(me, other, timeout=30):
     """Announce ``me`` and wait for ``other``: only succeeds if both run at once."""
-    import os
-    open(me, "w").close()
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(other):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
+    touch(me)
+    return wait_for_file(other, timeout)
 
 
 def test_tasks_run_in_parallel_on_the_cpus(shoal_cluster, tmp_path):
@@ -184,17 +179,14 @@ def test_tasks_run_in_parallel_on_the_cpus(shoal_cluster, tmp_path):
 
 
 @shoal.remote
-def wait_for_file(path, timeout=60):
-    import os
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.005)
+def long_until(path, timeout=60):
+    wait_for_file(path, timeout)
     return "long"
 
 
 def test_short_tasks_do_not_wait_behind_a_long_one(shoal_cluster, tmp_path):
     release = tmp_path / "release"
-    long = wait_for_file.remote(str(release))
+    long = long_until.remote(str(release))
     shorts = [add.remote(i) for i in range(40)]
     ready, _ = shoal.wait(shorts, num_returns=len(shorts), timeout=60)
     still_running, _ = shoal.wait([long], timeout=0)

@@ -9,9 +9,9 @@ import concurrent.futures
 import itertools
 
 from ..exceptions import GetTimeoutError
+from ..node.services import DRIVER
 from .base import Core
 
-DRIVER = None
 _request_ids = itertools.count(1 << 40)
 
 
