@@ -12,6 +12,7 @@ from .object_ref import ObjectRef, ObjectRefGenerator
 from .remote_function import RemoteFunction
 from .runtime_context import get_runtime_context
 from . import actor   # ``shoal.actor.exit_actor()``, as in Ray
+from . import util    # ``shoal.util.ActorPool``..., loaded lazily
 
 __version__ = "0.1.0"
 
@@ -19,5 +20,5 @@ __all__ = [
     "init", "shutdown", "is_initialized", "remote", "method", "get", "put", "wait", "cancel",
     "kill", "get_actor", "cluster_resources", "available_resources", "nodes", "get_gpu_ids",
     "get_runtime_context", "exit_actor", "ObjectRef", "ObjectRefGenerator", "ActorHandle",
-    "ActorClass", "RemoteFunction", "exceptions", "actor", "__version__",
+    "ActorClass", "RemoteFunction", "exceptions", "actor", "util", "__version__",
 ]
