@@ -8,7 +8,7 @@ import pickle
 from .core import get_core
 from .core.base import return_refs_for
 from .object_ref import ObjectRef
-from .options import ACTOR_OPTIONS, METHOD_OPTIONS, resource_request, validate
+from .options import ACTOR_OPTIONS, METHOD_OPTIONS, resource_request, strategy_wire, validate
 from .scheduler.task import ACTOR_CALL, ACTOR_CREATE, STREAMING, object_id_for
 from .serialization import dumps_function
 
@@ -84,7 +84,7 @@ class ActorClass:
             "max_concurrency": opts.get("max_concurrency"),
             "is_async": self._is_async,
             "name": name, "namespace": namespace, "lifetime": opts.get("lifetime"),
-            "handle_meta": meta,
+            "handle_meta": meta, "strategy": strategy_wire(opts),
         }
         # an actor holds no CPU while it lives unless it asks for some (Ray's rule)
         resources = resource_request(opts, 0.0)

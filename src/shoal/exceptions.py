@@ -12,6 +12,9 @@
     │   └── ObjectStoreFullError  the shared-memory store has no room
     ├── SerializationError        a value could not be pickled or unpickled
     ├── InfeasibleTaskError       no node can ever satisfy the task's resources
+    ├── TaskUnschedulableError    a hard scheduling strategy cannot be met (node affinity)
+    ├── ActorUnschedulableError   the same, for an actor
+    ├── TaskPlacementGroupRemoved the task's placement group was removed
     └── OutOfMemoryError          reserved for the memory monitor
 
 Names follow Ray's (``RayTaskError`` is ``TaskError`` here, with an alias).
@@ -132,6 +135,18 @@ class InfeasibleTaskError(ShoalError):
     """No node in the cluster can ever provide the resources the task asks for."""
 
 
+class TaskUnschedulableError(ShoalError):
+    """The task's scheduling strategy names a node that cannot run it."""
+
+
+class ActorUnschedulableError(ShoalError):
+    """The actor's scheduling strategy names a node that cannot host it."""
+
+
+class TaskPlacementGroupRemoved(ShoalError):
+    """The placement group the task was scheduled into was removed."""
+
+
 class OutOfMemoryError(ShoalError):
     """The task's worker was killed because the machine ran out of memory."""
 
@@ -145,5 +160,6 @@ __all__ = [
     "ShoalError", "TaskError", "WorkerCrashedError", "ActorError", "ActorDiedError",
     "ActorUnavailableError", "GetTimeoutError", "TaskCancelledError", "ObjectLostError",
     "ObjectStoreFullError", "SerializationError", "InfeasibleTaskError", "OutOfMemoryError",
+    "TaskUnschedulableError", "ActorUnschedulableError", "TaskPlacementGroupRemoved",
     "RayError", "RayTaskError", "RayActorError",
 ]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numbers
 
 _COMMON = {"num_cpus", "num_gpus", "memory", "resources", "name", "scheduling_strategy",
-           "runtime_env", "accelerator_type", "label_selector", "_metadata"}
+           "runtime_env", "accelerator_type", "label_selector", "_metadata",
+           "placement_group", "placement_group_bundle_index",
+           "placement_group_capture_child_tasks"}
 TASK_OPTIONS = _COMMON | {"num_returns", "max_retries", "retry_exceptions",
                           "max_calls", "enable_task_events"}
 ACTOR_OPTIONS = _COMMON | {"max_restarts", "max_task_retries", "max_concurrency", "namespace",
@@ -60,7 +62,15 @@ def validate(options: dict, allowed: set, what: str) -> dict:
     name = options.get("name")
     if name is not None and not isinstance(name, str):
         raise ValueError(f"name must be a string, got {name!r}")
+    if options.get("scheduling_strategy") is not None or options.get("placement_group") is not None:
+        strategy_wire(options)
     return options
+
+
+def strategy_wire(options: dict):
+    """The scheduling strategy of ``options`` as it travels (None: DEFAULT)."""
+    from .util.scheduling_strategies import strategy_wire as wire
+    return wire(options)
 
 
 def resource_request(options: dict, default_cpus: float) -> dict:

@@ -8,7 +8,7 @@ import pickle
 from . import config
 from .core import get_core
 from .core.base import return_refs_for
-from .options import TASK_OPTIONS, resource_request, validate
+from .options import TASK_OPTIONS, resource_request, strategy_wire, validate
 from .scheduler.task import STREAMING, TASK
 from .serialization import dumps_function
 
@@ -43,7 +43,9 @@ class RemoteFunction:
         if retries is None:
             retries = config.get("max_task_retries_default")
         name = options.get("name") or self.__name__
-        return (name, n, resource_request(options, 1.0), retries, rex)
+        strategy = strategy_wire(options)
+        extra = {"strategy": strategy} if strategy is not None else None
+        return (name, n, resource_request(options, 1.0), retries, rex, extra)
 
     def __call__(self, *args, **kwargs):
         raise TypeError(f"Remote functions cannot be called directly. Instead of running "
@@ -66,8 +68,9 @@ class RemoteFunction:
             fid = self._function_id = hashlib.sha1(self._blob).digest()[:16]
         if fid not in core.exported:
             core.export(fid, self._blob)
-        name, n, resources, retries, rex = call
-        spec, holders = core.build_spec(TASK, fid, name, args, kwargs, n, resources, retries, rex)
+        name, n, resources, retries, rex, extra = call
+        spec, holders = core.build_spec(TASK, fid, name, args, kwargs, n, resources, retries, rex,
+                                        options=extra)
         return return_refs_for(spec, core.submit(spec))
 
     def __reduce__(self):

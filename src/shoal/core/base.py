@@ -23,6 +23,7 @@ class TaskContext(threading.local):
     task_id = None
     task_name = None
     assigned = None     # ({resource: amount}, gpu_ids)
+    placement = None    # the placement-group strategy (wire form) the task runs in
 
 
 class Core:
@@ -37,6 +38,7 @@ class Core:
         self.context = TaskContext()
         self.actor_id = None
         self.actor_instance = None
+        self.actor_placement = None
         self.was_restarted = False
         self.exported: set = set()
         self.ref_log: deque = deque()

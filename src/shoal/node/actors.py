@@ -18,6 +18,7 @@ from .. import config
 from ..exceptions import ActorDiedError
 from ..scheduler.task import ACTOR_CALL, TaskSpec, object_id_for
 from ..transport import messages as m
+from .placement import GONE
 from .records import FINISHED, RUNNING, WAITING_DEPS, TaskRecord
 from .workers import ACTOR as W_ACTOR
 
@@ -34,6 +35,7 @@ class ActorRecord:
         self.state = PENDING
         self.worker = None
         self.assignment = None
+        self.placement = None      # (pg_id, bundle_index, capture) when in a placement group
         self.queue: deque = deque()
         self.restarts_left = opts.get("max_restarts", 0)
         self.num_restarts = 0
@@ -98,7 +100,12 @@ class NodeActors:
             if actor.state == DEAD:
                 continue
             if actor.assignment is None:
-                actor.assignment = self.resources.try_acquire(actor.request)
+                a = self._acquire(actor.placement, actor.request)
+                if a is GONE:
+                    actor.no_restart = True
+                    self._actor_dead(actor, "Its placement group was removed.")
+                    continue
+                actor.assignment = a
                 if actor.assignment is None:
                     self.pending_actors.append(actor)
                     continue
@@ -163,7 +170,7 @@ class NodeActors:
         actor.death_reason = reason
         actor.death_cause = cause
         if actor.assignment is not None:
-            self.resources.release(actor.assignment)
+            actor.assignment.pool.release(actor.assignment)
             actor.assignment = None
         name_key = (actor.namespace, actor.name)
         if actor.name and self.named.get(name_key) == actor.actor_id:

@@ -30,6 +30,7 @@ from ..serialization import pack_inline, serialize
 from ..transport import messages as m
 from ..transport.framing import ConnectionClosed
 from .actors import ActorRecord, NodeActors, DEAD
+from .placement import GONE, NodePlacement
 from .logs import StreamRelay
 from .loop import EventLoop
 from .records import FINISHED, QUEUED, RUNNING, WAITING_DEPS, GeneratorState, TaskRecord
@@ -37,10 +38,11 @@ from .services import DRIVER, NodeServices
 from .workers import BUSY, IDLE, STARTING, spawn_worker
 
 
-class Node(NodeServices, NodeActors):
-    """One machine's runtime. Its methods are split by concern over three
+class Node(NodeServices, NodeActors, NodePlacement):
+    """One machine's runtime. Its methods are split by concern over four
     files: this one (tasks, scheduling, workers, messages, shutdown),
-    services.py (requests clients wait on) and actors.py (actor lifecycle)."""
+    services.py (requests clients wait on), actors.py (actor lifecycle) and
+    placement.py (placement groups and scheduling strategies)."""
 
     def __init__(self, resources: dict[str, float], object_store_memory: int,
                  log_to_driver: bool, namespace: str, job_id: bytes, node_id: bytes):
@@ -63,6 +65,10 @@ class Node(NodeServices, NodeActors):
         self.actors: dict[bytes, ActorRecord] = {}
         self.pending_actors: deque = deque()
         self.named: dict[tuple, bytes] = {}
+        self.placement_groups: dict = {}          # pg_id -> PlacementGroupRecord
+        self.pg_names: dict[tuple, bytes] = {}    # (namespace, name) -> pg_id
+        self.pending_pgs: list = []
+        self.removed_pgs: deque = deque()
         self.generators: dict[bytes, GeneratorState] = {}   # until the consumer drops it
         self.local_deltas: deque = deque()        # the driver's (object_id, +1/-1)
         self.requests: dict = {}                  # (client, request_id) -> Request
@@ -155,6 +161,7 @@ class Node(NodeServices, NodeActors):
             objects.pin(dep)
         for inner in spec.contained:
             objects.pin(inner)
+        parent = None
         if spec.parent_id is not None:
             parent = self.tasks.get(spec.parent_id)
             if parent is not None:
@@ -173,17 +180,26 @@ class Node(NodeServices, NodeActors):
             actor.queue.append(rec)
             self._pump_actor(actor)
             return
+        err = None
+        if spec.options is not None or (parent is not None and parent.placement is not None) \
+                or (parent is not None and parent.spec.kind == ACTOR_CALL):
+            rec.placement, err = self._resolve_strategy(spec, parent)
+            if rec.placement is not None:
+                rec.key = (rec.placement[:2],) + rec.key
         if spec.kind == ACTOR_CREATE:
             actor = ActorRecord(spec, request)
+            actor.placement = rec.placement
             self.actors[spec.task_id] = actor
             if actor.detached:
                 objects.pin(actor.handle_id)
-        reason = self.resources.infeasible_reason(request)
-        if reason is not None:
-            err = InfeasibleTaskError(
-                f"{spec.name} cannot be scheduled: {reason}. Lower its resource request "
-                f"or start shoal with more (shoal.init(num_cpus=..., num_gpus=..., resources=...)).")
-            if self.fail_infeasible:
+        if err is None and rec.placement is None:
+            reason = self.resources.infeasible_reason(request)
+            if reason is not None:
+                err = InfeasibleTaskError(
+                    f"{spec.name} cannot be scheduled: {reason}. Lower its resource request or "
+                    f"start shoal with more (shoal.init(num_cpus=..., num_gpus=..., resources=...)).")
+        if err is not None:
+            if self.fail_infeasible or not isinstance(err, InfeasibleTaskError):
                 if spec.kind == ACTOR_CREATE:
                     self._actor_dead(self.actors[tid], str(err))
                 self._finish(rec, self._error_value(err))
@@ -226,6 +242,8 @@ class Node(NodeServices, NodeActors):
 
     # ------------------------------------------------------------ scheduling
     def _schedule(self) -> None:
+        if self.pending_pgs:
+            self._place_pending_pgs()
         if self.pending_actors:
             self._schedule_actors()
         for key in list(self.queues):
@@ -235,7 +253,14 @@ class Node(NodeServices, NodeActors):
                 if rec.state != QUEUED:
                     q.popleft()
                     continue
-                assignment = self.resources.try_acquire(rec.request)
+                if rec.placement is None:
+                    assignment = self.resources.try_acquire(rec.request)
+                else:
+                    assignment = self._acquire(rec.placement, rec.request)
+                    if assignment is GONE:
+                        q.popleft()
+                        self._finish(rec, self._pg_removed_value(rec))
+                        continue
                 if assignment is not None:
                     w = self.idle.pop() if self.idle else None
                     if w is not None:
@@ -247,8 +272,8 @@ class Node(NodeServices, NodeActors):
                         continue
                     # resources are free, only a worker is missing: wait for one
                     # rather than queue behind a busy worker
-                    self.resources.release(assignment)
-                    free_cpus = self.resources.available.get("CPU", 0) // 10000
+                    assignment.pool.release(assignment)
+                    free_cpus = assignment.pool.available.get("CPU", 0) // 10000
                     self._want_workers(min(len(q), max(1, free_cpus)))
                     break
                 w = self._pipeline_target(key)
@@ -328,7 +353,7 @@ class Node(NodeServices, NodeActors):
             return
         if w.lease is not None:
             if not w.blocked:
-                self.resources.release(w.lease)
+                w.lease.pool.release(w.lease)
             self.leased[w.lease_key].remove(w)
             w.lease = w.lease_key = None
         self._make_idle(w)
@@ -641,7 +666,7 @@ class Node(NodeServices, NodeActors):
                     self.objects.remove_waiter(oid, req.callback)
             if w.lease is not None:
                 if not w.blocked:
-                    self.resources.release(w.lease)
+                    w.lease.pool.release(w.lease)
                 self.leased[w.lease_key].remove(w)
                 w.lease = None
             w.state = "dead"
@@ -653,6 +678,8 @@ class Node(NodeServices, NodeActors):
                 if rec.cancelled:
                     self._finish(rec, self._error_value(TaskCancelledError(
                         f"task {rec.spec.name} was cancelled")))
+                elif rec.placement is not None and self._pg_gone(rec.placement):
+                    self._finish(rec, self._pg_removed_value(rec))
                 elif position > 0 or rec.spec.task_id in w.revoking:
                     # queued behind the running task: it never started, costs no retry
                     self._requeue(rec)

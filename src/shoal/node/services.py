@@ -135,7 +135,7 @@ class NodeServices:
             return
         w.blocked += 1
         if w.blocked == 1 and w.actor is None and w.lease is not None:
-            self.resources.release(w.lease)
+            w.lease.pool.release(w.lease)
             queued = [tid for tid in list(w.inflight)[1:] if tid not in w.revoking]
             if queued:
                 w.revoking.update(queued)
@@ -147,7 +147,7 @@ class NodeServices:
             return
         w.blocked -= 1
         if w.blocked == 0 and w.actor is None and w.lease is not None:
-            self.resources.force_acquire(w.lease)
+            w.lease.pool.force_acquire(w.lease)
 
     def _svc_put(self, client, request_id, reply, oid, value) -> None:
         freed: list = []

@@ -16,12 +16,14 @@ def _q(x: float) -> int:
 
 
 class Assignment:
-    __slots__ = ("request", "gpu_ids", "gpu_share", "_described")
+    __slots__ = ("request", "gpu_ids", "gpu_share", "pool", "_described")
 
-    def __init__(self, request: dict[str, int], gpu_ids: list[int], gpu_share: int):
+    def __init__(self, request: dict[str, int], gpu_ids: list[int], gpu_share: int,
+                 pool: "NodeResources"):
         self.request = request
         self.gpu_ids = gpu_ids
         self.gpu_share = gpu_share   # per device, in units
+        self.pool = pool             # where it came from, and goes back to
         self._described = None
 
     def describe(self) -> dict:
@@ -32,10 +34,20 @@ class Assignment:
 
 
 class NodeResources:
-    def __init__(self, total: dict[str, float]):
+    """A pool of resources: the node's, or a placement-group bundle's (whose
+    GPUs are the node's devices it reserved: ``gpus`` maps device id to the
+    units of it the pool holds)."""
+
+    def __init__(self, total: dict[str, float], gpus: dict[int, int] | None = None):
         self.total = {k: _q(v) for k, v in total.items() if v > 0}
         self.available = dict(self.total)
-        self.gpu_free = [_UNIT] * int(total.get("GPU", 0))
+        if gpus is None:
+            n = total.get("GPU", 0)
+            gpus = {i: _UNIT for i in range(int(n))}
+            if n % 1:
+                gpus[int(n)] = _q(n % 1)
+        self.gpu_free = dict(gpus)
+        self.gpu_size = dict(gpus)
 
     @staticmethod
     def quantize(request: dict[str, float]) -> dict[str, int]:
@@ -69,7 +81,7 @@ class NodeResources:
                 self.gpu_free[i] -= share
         for k, v in request.items():
             avail[k] -= v
-        return Assignment(request, gpu_ids, g if g < _UNIT else _UNIT)
+        return Assignment(request, gpu_ids, g if g < _UNIT else _UNIT, self)
 
     def force_acquire(self, a: Assignment) -> None:
         """Take ``a``'s resources back even past zero (a worker resuming after
@@ -87,11 +99,24 @@ class NodeResources:
 
     def _pick_gpus(self, g: int) -> list[int] | None:
         if g < _UNIT:
-            fits = [(free, i) for i, free in enumerate(self.gpu_free) if free >= g]
+            fits = [(free, i) for i, free in self.gpu_free.items() if free >= g]
             return [min(fits)[1]] if fits else None
-        whole = [i for i, free in enumerate(self.gpu_free) if free == _UNIT]
+        whole = [i for i, free in self.gpu_free.items() if free == _UNIT]
         n = g // _UNIT
         return whole[:n] if len(whole) >= n else None
+
+    def fits_total(self, request: dict[str, int]) -> bool:
+        """Could ``request`` ever be acquired from this pool (were it empty)?"""
+        for k, v in request.items():
+            if v > self.total.get(k, 0):
+                return False
+        g = request.get("GPU", 0)
+        if g >= _UNIT:
+            return sum(1 for size in self.gpu_size.values() if size == _UNIT) >= g // _UNIT
+        return not g or any(size >= g for size in self.gpu_size.values())
+
+    def is_idle(self) -> bool:
+        return self.available == self.total
 
     def as_floats(self, which: dict[str, int]) -> dict[str, float]:
         return {k: v / _UNIT for k, v in which.items()}

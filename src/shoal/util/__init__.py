@@ -12,9 +12,18 @@ _LAZY = {
     "ActorPool": ("actor_pool", "ActorPool"),
 }
 
-_SUBMODULES = {"queue", "multiprocessing", "joblib", "scheduling_strategies", "placement_group"}
+_SUBMODULES = {"queue", "multiprocessing", "joblib"}
 
-__all__ = sorted(_LAZY)
+# imported eagerly: the function ``placement_group`` must win over the
+# submodule of the same name (importing a submodule sets the parent's attribute)
+from . import scheduling_strategies  # noqa: E402
+from .placement_group import (PlacementGroup, get_current_placement_group,  # noqa: E402
+                              get_placement_group, placement_group, placement_group_table,
+                              remove_placement_group)
+
+__all__ = sorted(_LAZY) + ["PlacementGroup", "get_current_placement_group",
+                           "get_placement_group", "placement_group", "placement_group_table",
+                           "remove_placement_group", "scheduling_strategies"]
 
 
 def __getattr__(name: str):

@@ -41,6 +41,15 @@ def prepare(core, functions: dict, blobs: dict, msg: tuple) -> Prepared:
     ctx.task_id = spec.task_id
     ctx.task_name = spec.name
     ctx.assigned = assigned
+    if spec.options is not None:
+        strategy = spec.options.get("strategy")
+        placement = strategy if strategy is not None and strategy[0] == "PG" else None
+        if spec.kind == ACTOR_CREATE:
+            core.actor_placement = placement
+        else:
+            ctx.placement = placement
+    elif ctx.placement is not None:
+        ctx.placement = None
     args, kwargs = deserialize(spec.args, spec.args_layout)
     if dep_values:
         args = list(args)
