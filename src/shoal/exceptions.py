@@ -12,9 +12,10 @@
     │   └── ObjectStoreFullError  the shared-memory store has no room
     ├── SerializationError        a value could not be pickled or unpickled
     ├── InfeasibleTaskError       no node can ever satisfy the task's resources
-    └── OutOfMemoryError          reserved for the memory monitor
+    └── OutOfMemoryError          the memory monitor killed the task's worker, retries spent
 
-Names follow Ray's (``RayTaskError`` is ``TaskError`` here, with an alias).
+Names follow Ray's (``RayTaskError`` is ``TaskError`` here, with an alias;
+``OutOfMemoryError`` is Ray's own name).
 """
 from __future__ import annotations
 
@@ -133,7 +134,9 @@ class InfeasibleTaskError(ShoalError):
 
 
 class OutOfMemoryError(ShoalError):
-    """The task's worker was killed because the machine ran out of memory."""
+    """The memory monitor killed the task's worker because the machine's memory
+    use passed ``memory_usage_threshold``, and the task's retries are spent.
+    The message names the task, the memory used and the threshold."""
 
 
 # Ray's names, so `except ray.exceptions.RayTaskError` keeps working.

@@ -13,7 +13,7 @@ QUEUED, WAITING_DEPS, RUNNING, FINISHED = "queued", "waiting", "running", "finis
 
 class TaskRecord:
     __slots__ = ("spec", "state", "retries_left", "worker", "deps_left", "request", "key",
-                 "cancelled", "children", "gen", "submitted_at")
+                 "cancelled", "children", "gen", "submitted_at", "started_at")
 
     def __init__(self, spec: TaskSpec, request: dict, key):
         self.spec = spec
@@ -27,6 +27,7 @@ class TaskRecord:
         self.children = None
         self.gen = None             # GeneratorState for streaming tasks
         self.submitted_at = time.time()
+        self.started_at = 0.0       # time.monotonic() when last sent to a worker
 
 
 class GeneratorState:
