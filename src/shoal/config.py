@@ -56,6 +56,11 @@ SETTINGS = {s.name: s for s in [
     Setting("fail_infeasible", bool, True,
             "On a single node, fail tasks that can never fit instead of leaving them "
             "pending (nothing can join to make them fit)."),
+    Setting("memory_usage_threshold", float, 0.95,
+            "The memory monitor kills a worker when the machine's (or the cgroup's) "
+            "used memory exceeds this fraction of the total (see docs/memory.md)."),
+    Setting("memory_monitor_interval_s", float, 0.25,
+            "How often the memory monitor samples memory use; 0 turns it off."),
     Setting("worker_skip_site", bool, True,
             "Start workers with `python -S` and the driver's sys.path, skipping the "
             "site module's .pth processing (saves ~100 ms per worker start)."),

@@ -15,9 +15,10 @@
     ├── TaskUnschedulableError    a hard scheduling strategy cannot be met (node affinity)
     ├── ActorUnschedulableError   the same, for an actor
     ├── TaskPlacementGroupRemoved the task's placement group was removed
-    └── OutOfMemoryError          reserved for the memory monitor
+    └── OutOfMemoryError          the memory monitor killed the task's worker, retries spent
 
-Names follow Ray's (``RayTaskError`` is ``TaskError`` here, with an alias).
+Names follow Ray's (``RayTaskError`` is ``TaskError`` here, with an alias;
+``OutOfMemoryError`` is Ray's own name).
 """
 from __future__ import annotations
 
@@ -148,7 +149,9 @@ class TaskPlacementGroupRemoved(ShoalError):
 
 
 class OutOfMemoryError(ShoalError):
-    """The task's worker was killed because the machine ran out of memory."""
+    """The memory monitor killed the task's worker because the machine's memory
+    use passed ``memory_usage_threshold``, and the task's retries are spent.
+    The message names the task, the memory used and the threshold."""
 
 
 # Ray's names, so `except ray.exceptions.RayTaskError` keeps working.

@@ -12,6 +12,7 @@ is stopped, unless it is detached.
 """
 from __future__ import annotations
 
+import time
 from collections import deque
 
 from .. import config
@@ -47,6 +48,7 @@ class ActorRecord:
         self.exit_reason = None
         self.death_reason = None
         self.death_cause = None
+        self.started_at = 0.0       # time.monotonic() when (re)started on its worker
 
     def death_message(self) -> str:
         reason = self.death_reason or "The actor is dead."
@@ -128,6 +130,7 @@ class NodeActors:
                 self._make_idle(w)
                 return
         actor.spec.options["restarted"] = actor.num_restarts > 0
+        actor.started_at = time.monotonic()
         w.state = W_ACTOR
         w.actor = actor
         actor.worker = w

@@ -33,6 +33,7 @@ from .actors import ActorRecord, NodeActors, DEAD
 from .placement import GONE, NodePlacement
 from .logs import StreamRelay
 from .loop import EventLoop
+from .memory_monitor import MemoryMonitor
 from .records import FINISHED, QUEUED, RUNNING, WAITING_DEPS, GeneratorState, TaskRecord
 from .services import DRIVER, NodeServices
 from .workers import BUSY, IDLE, STARTING, spawn_worker
@@ -88,6 +89,7 @@ class Node(NodeServices, NodeActors, NodePlacement):
         self.starting = self.target_pool
         self.loop.call_soon(self._grow_pool, self.target_pool)
         self.loop.call_later(0.1, self._drain_driver_refs)
+        self.memory_monitor = MemoryMonitor.start_for(self)   # None when turned off
 
     def _drain_driver_refs(self) -> None:
         """Refs the driver dropped while it makes no calls (computing, idle)
@@ -303,6 +305,7 @@ class Node(NodeServices, NodeActors, NodePlacement):
         spec = rec.spec
         rec.state = RUNNING
         rec.worker = w
+        rec.started_at = time.monotonic()    # the memory monitor kills the newest first
         w.inflight[spec.task_id] = rec
         fid = spec.function_id
         blob = None
@@ -641,6 +644,8 @@ class Node(NodeServices, NodeActors, NodePlacement):
     def _on_worker_lost(self, w) -> None:
         self.loop.remove(w.conn.fileno())
         exit_desc = w.describe_exit()
+        if w.oom is not None:     # the memory monitor killed it: say why, not just SIGKILL
+            exit_desc = w.oom.describe()
         with self.lock:
             w.conn.close()
             self.workers.pop(w.worker_id, None)
@@ -687,6 +692,8 @@ class Node(NodeServices, NodeActors, NodePlacement):
                     if rec.retries_left > 0:
                         rec.retries_left -= 1
                     self._requeue(rec)
+                elif w.oom is not None:
+                    self._finish(rec, self._error_value(w.oom.error(rec.spec.max_retries)))
                 else:
                     self._finish(rec, self._error_value(WorkerCrashedError(
                         f"The worker running {rec.spec.name} (pid={w.pid}) died: {exit_desc}. "

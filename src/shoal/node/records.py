@@ -13,7 +13,7 @@ QUEUED, WAITING_DEPS, RUNNING, FINISHED = "queued", "waiting", "running", "finis
 
 class TaskRecord:
     __slots__ = ("spec", "state", "retries_left", "worker", "deps_left", "request", "key",
-                 "cancelled", "children", "gen", "submitted_at", "placement")
+                 "cancelled", "children", "gen", "submitted_at", "placement", "started_at")
 
     def __init__(self, spec: TaskSpec, request: dict, key):
         self.spec = spec
@@ -28,6 +28,7 @@ class TaskRecord:
         self.gen = None             # GeneratorState for streaming tasks
         self.submitted_at = time.time()
         self.placement = None       # (pg_id, bundle_index, capture) when in a placement group
+        self.started_at = 0.0       # time.monotonic() when last sent to a worker
 
 
 class GeneratorState:

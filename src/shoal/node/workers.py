@@ -23,7 +23,7 @@ IDLE, BUSY, ACTOR, STARTING, DEAD = "idle", "busy", "actor", "starting", "dead"
 class WorkerRecord:
     __slots__ = ("worker_id", "proc", "pid", "conn", "state", "inflight", "lease", "lease_key",
                  "functions", "held", "actor", "blocked", "label", "out_pipes", "exit_desc",
-                 "revoking", "retire_pending", "allocs", "relays")
+                 "revoking", "retire_pending", "allocs", "relays", "oom")
 
     def __init__(self, worker_id: bytes, proc: subprocess.Popen, conn: Connection):
         self.worker_id = worker_id
@@ -45,6 +45,7 @@ class WorkerRecord:
         self.retire_pending = False
         self.relays: list = []     # its stdout and stderr relays
         self.allocs: set = set()   # arena offsets it allocated and has not yet reported
+        self.oom = None            # an OomKill if the memory monitor killed it
 
     def describe_exit(self) -> str:
         code = self.proc.poll()
