@@ -288,6 +288,20 @@ def test_leaving_the_with_block_terminates_the_pool(shoal_cluster):
     wait_for(lambda: not _alive(worker), timeout=15, what="the pool's process to exit")
 
 
+def test_a_pool_dropped_without_close_stops_its_workers(shoal_cluster):
+    pool = Pool(2)
+    assert pool.map(square, [2]) == [4]
+    del pool
+    wait_for(lambda: shoal.available_resources().get("CPU") == 2, timeout=15,
+             what="the dropped pool's CPUs to be given back")
+
+
+def test_the_public_names_exist():
+    import shoal.util.multiprocessing as module
+    for name in module.__all__:
+        assert hasattr(module, name), name
+
+
 def _alive(p: int) -> bool:
     import psutil
     try:

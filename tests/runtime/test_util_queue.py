@@ -193,3 +193,9 @@ def test_a_killed_queue_actor_gives_actor_died_error_not_a_hang(shoal_cluster):
         shoal.get(waiting, timeout=GET_TIMEOUT)
     with pytest.raises(ActorDiedError):
         q.get(timeout=1)
+
+
+def test_the_public_names_exist():
+    import shoal.util.queue as module
+    for name in module.__all__:
+        assert hasattr(module, name), name

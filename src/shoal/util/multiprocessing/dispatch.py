@@ -192,7 +192,9 @@ class Dispatcher:
 
 
 def _kill(actor) -> None:
-    # after shoal.shutdown() the actors are gone already, and calling the
-    # API would start a new cluster
-    if shoal.is_initialized():
+    if not shoal.is_initialized():
+        return      # the actors went with the cluster; the API would start a new one
+    try:
         shoal.kill(actor)
+    except ValueError:
+        pass        # "no such actor": this cluster was started after the pool's
