@@ -296,6 +296,13 @@ def test_a_pool_dropped_without_close_stops_its_workers(shoal_cluster):
              what="the dropped pool's CPUs to be given back")
 
 
+def test_results_keep_an_unnamed_pool_alive_until_complete(shoal_cluster):
+    assert list(Pool(2).imap(square, range(4))) == [0, 1, 4, 9]
+    assert Pool(1).map_async(square, [3]).get(RESULT_TIMEOUT) == [9]
+    wait_for(lambda: shoal.available_resources().get("CPU") == 2, timeout=15,
+             what="the dropped pools' CPUs to be given back")
+
+
 def test_the_public_names_exist():
     import shoal.util.multiprocessing as module
     for name in module.__all__:

@@ -79,7 +79,7 @@ class Pool:
                     callback: Callable | None = None,
                     error_callback: Callable | None = None) -> AsyncResult:
         self._check_running()
-        result = AsyncResult(callback, error_callback)
+        result = AsyncResult(self, callback, error_callback)
         calls = [(tuple(args), dict(kwds or {}))]
         self._dispatcher.add(Job(result, iter([(func, calls)])))
         return result
@@ -112,7 +112,7 @@ class Pool:
             chunksize, extra = divmod(len(iterable), self._processes * 4)
             chunksize = max(1, chunksize + bool(extra))
         _check_chunksize(chunksize)
-        result = MapResult(callback, error_callback)
+        result = MapResult(self, callback, error_callback)
         self._dispatcher.add(Job(result, _chunks(func, iter(iterable), chunksize, star)))
         return result
 
@@ -131,7 +131,7 @@ class Pool:
         self._check_running()
         _check_chunksize(chunksize)
         items = iter(iterable)
-        results = IMapIterator(ordered)
+        results = IMapIterator(self, ordered)
         self._dispatcher.add(Job(results, _chunks(func, items, chunksize, False)))
         return results
 

@@ -7,7 +7,9 @@ methods: ``_chunk_done(index, ok, value)`` as each chunk of calls finishes
 ``_input_done(count)`` once the input has run out after ``count`` chunks,
 or ``_fail(error)`` when the pool is terminated first. Callers read them
 from any thread; callbacks run on the dispatcher thread, as multiprocessing
-runs them on its result-handler thread.
+runs them on its result-handler thread. Until complete, each holds its pool,
+so ``Pool(2).imap(...)`` is not terminated by the pool's ``__del__`` midway
+(multiprocessing does the same).
 """
 from __future__ import annotations
 
@@ -59,7 +61,8 @@ def _run_callback(callback, value) -> None:
 class AsyncResult:
     """The result of ``apply_async``: one call."""
 
-    def __init__(self, callback=None, error_callback=None):
+    def __init__(self, pool, callback=None, error_callback=None):
+        self._pool = pool
         self._done = threading.Event()
         self._ok: bool | None = None
         self._value = None
@@ -101,6 +104,7 @@ class AsyncResult:
         if self._done.is_set():
             return
         self._ok, self._value = ok, value
+        self._pool = None
         callback = self._callback if ok else self._error_callback
         if callback is not None:
             _run_callback(callback, value)
@@ -111,8 +115,8 @@ class MapResult(AsyncResult):
     """The result of ``map_async``/``starmap_async``: a list, in input order.
     The first chunk to fail makes the whole result fail at once."""
 
-    def __init__(self, callback=None, error_callback=None):
-        super().__init__(callback, error_callback)
+    def __init__(self, pool, callback=None, error_callback=None):
+        super().__init__(pool, callback, error_callback)
         self._chunks: dict[int, list] = {}
         self._count: int | None = None
 
@@ -138,7 +142,8 @@ class IMapIterator:
     finish), one value per ``next``. A failed chunk raises its exception in
     place of its values; iteration then goes on with the next chunk."""
 
-    def __init__(self, ordered: bool):
+    def __init__(self, pool, ordered: bool):
+        self._pool = pool
         self._ordered = ordered
         self._cond = threading.Condition()
         self._items: deque = deque()          # (ok, value), ready to hand out
@@ -187,14 +192,19 @@ class IMapIterator:
         else:
             self._items.append((False, value))
         self._delivered += 1
+        if self._delivered == self._count:
+            self._pool = None
 
     def _input_done(self, count: int) -> None:
         with self._cond:
             self._count = count
+            if self._delivered == count:
+                self._pool = None
             self._cond.notify_all()
 
     def _fail(self, error: BaseException) -> None:
         with self._cond:
+            self._pool = None
             self._early.clear()
             self._items.append((False, error))
             self._ended = True
