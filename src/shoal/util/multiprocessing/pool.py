@@ -44,14 +44,7 @@ class Pool:
         if not shoal.is_initialized():
             shoal.init(address=ray_address, num_cpus=processes)
         remote_args = {"num_cpus": 1, **(ray_remote_args or {})}
-        cpus = shoal.cluster_resources().get("CPU", 0)
-        if processes is None:
-            per_worker = remote_args["num_cpus"] or 1
-            processes = max(1, int(cpus // per_worker))
-        if processes * remote_args["num_cpus"] > cpus:
-            raise ValueError(f"Tried to start a pool with {processes} processes of "
-                             f"{remote_args['num_cpus']} CPU each, but there are only "
-                             f"{cpus:g} CPUs in the cluster")
+        processes = _pool_size(processes, remote_args["num_cpus"] or 0)
         worker_class = PoolWorkerClass.options(**remote_args)
         initargs = tuple(initargs)
 
@@ -178,6 +171,18 @@ class Pool:
     def __repr__(self) -> str:
         return f"<shoal.util.multiprocessing.Pool state={self._state} " \
                f"processes={getattr(self, '_processes', None)}>"
+
+
+def _pool_size(processes: int | None, cpus_each: float) -> int:
+    """How many workers to start: ``processes``, or as many as the cluster's
+    CPUs hold; more than they hold is refused (they could never all start)."""
+    cpus = shoal.cluster_resources().get("CPU", 0)
+    if processes is None:
+        processes = max(1, int(cpus // cpus_each) if cpus_each else int(cpus))
+    if processes * cpus_each > cpus:
+        raise ValueError(f"Tried to start a pool with {processes} processes of {cpus_each:g} "
+                         f"CPU each, but there are only {cpus:g} CPUs in the cluster")
+    return processes
 
 
 def _check_chunksize(chunksize) -> None:
