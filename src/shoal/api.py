@@ -208,6 +208,14 @@ def nodes() -> list:
     return get_core().request("nodes")
 
 
+def internal_memory_summary(stats_only: bool = False) -> str:
+    """A table of every object: size, where it lives (shared memory, spilled,
+    inline), refs held by the driver and by each worker, the node's pins,
+    live zero-copy views; with the store's totals. For finding leaks."""
+    from .util.state import memory_summary
+    return memory_summary(stats_only)
+
+
 def get_gpu_ids() -> list:
     """The GPU ids assigned to the current task or actor (what
     CUDA_VISIBLE_DEVICES was set from)."""

@@ -61,6 +61,13 @@ SETTINGS = {s.name: s for s in [
             "used memory exceeds this fraction of the total (see docs/memory.md)."),
     Setting("memory_monitor_interval_s", float, 0.25,
             "How often the memory monitor samples memory use; 0 turns it off."),
+    Setting("object_spilling_directory", str, "",
+            "Where objects go when the shared-memory store is full (a directory of "
+            "its own is made inside and removed at shutdown). Empty: the system's "
+            "temporary directory."),
+    Setting("object_spilling", bool, True,
+            "Spill least recently used objects to disk when the store is full, "
+            "instead of failing the put with ObjectStoreFullError."),
     Setting("worker_skip_site", bool, True,
             "Start workers with `python -S` and the driver's sys.path, skipping the "
             "site module's .pth processing (saves ~100 ms per worker start)."),

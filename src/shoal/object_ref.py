@@ -68,6 +68,26 @@ class ObjectRef:
         return asyncio.wrap_future(self.future()).__await__()
 
 
+def adopted_ref(object_id: bytes) -> ObjectRef:
+    """A ref whose +1 the node already counted on this process's behalf
+    (node/memory.py, ``_ship``): it logs only its -1, when it dies."""
+    ref = ObjectRef.__new__(ObjectRef)
+    ref.id = object_id
+    return ref
+
+
+class MappingLease:
+    """The node's stand-in for an adopted ref in a message to a worker: it
+    unpickles there as ``adopted_ref(id)``."""
+    __slots__ = ("id",)
+
+    def __init__(self, object_id: bytes):
+        self.id = object_id
+
+    def __reduce__(self):
+        return (adopted_ref, (self.id,))
+
+
 class ObjectRefGenerator:
     """What a streaming generator task returns: iterate it (sync or async) to
     receive an ObjectRef for each item as soon as the task yields it."""

@@ -63,12 +63,14 @@ class Core:
         return (ERROR, (data, layout), ())
 
     def decode_value(self, object_id: bytes, value: tuple):
-        kind, payload, _ = value
+        kind, payload = value[0], value[1]
         if kind == INLINE:
             return deserialize(*payload)
         if kind == SHM:
+            # the views keep the object alive (the ref) and marked as mapped
+            # (the lease the node shipped with it, value[3]: node/memory.py)
             offset, size, layout = payload
-            view = self.arena.view(offset, size, ObjectRef(object_id))
+            view = self.arena.view(offset, size, (ObjectRef(object_id), value[3]))
             return deserialize(view, layout)
         raise deserialize(*payload)
 

@@ -27,10 +27,7 @@ class DriverCore(Core):
     def alloc(self, size: int) -> int:
         node = self.node
         with node.lock:
-            offset = node.allocator.alloc(size)
-        if offset is None:
-            raise node.request("alloc", size)   # raises the explanatory error
-        return offset
+            return node._alloc(size)
 
     def free_alloc(self, offset: int) -> None:
         with self.node.lock:
@@ -48,14 +45,12 @@ class DriverCore(Core):
         node = self.node
         with node.lock:
             entries = node.objects.entries
-            values = []
             for oid in ids:
                 e = entries.get(oid)
                 if e is None or e.value is None:
                     break
-                values.append(e.value)
             else:
-                return values
+                return node._ship_many(ids, None)
         return node.request("get", ids, timeout=timeout)
 
     def wait(self, ids: list, num_returns: int, timeout):

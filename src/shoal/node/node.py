@@ -16,13 +16,14 @@ import os
 import signal
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 
 from .. import config
 from ..exceptions import (ActorDiedError, InfeasibleTaskError, ObjectLostError, ShoalError,
                           TaskCancelledError, WorkerCrashedError)
 from ..object_store.allocator import Allocator
 from ..object_store.arena import Arena
+from ..object_store.spill import SpillDirectory
 from ..object_store.table import ObjectTable
 from ..scheduler.resources import NodeResources
 from ..scheduler.task import ACTOR_CALL, ACTOR_CREATE, STREAMING, TaskSpec, object_id_for
@@ -30,6 +31,7 @@ from ..serialization import pack_inline, serialize
 from ..transport import messages as m
 from ..transport.framing import ConnectionClosed
 from .actors import ActorRecord, NodeActors, DEAD
+from .memory import NodeMemory
 from .placement import GONE, NodePlacement
 from .logs import StreamRelay
 from .loop import EventLoop
@@ -39,11 +41,12 @@ from .services import DRIVER, NodeServices
 from .workers import BUSY, IDLE, STARTING, spawn_worker
 
 
-class Node(NodeServices, NodeActors, NodePlacement):
-    """One machine's runtime. Its methods are split by concern over four
+class Node(NodeServices, NodeActors, NodePlacement, NodeMemory):
+    """One machine's runtime. Its methods are split by concern over five
     files: this one (tasks, scheduling, workers, messages, shutdown),
-    services.py (requests clients wait on), actors.py (actor lifecycle) and
-    placement.py (placement groups and scheduling strategies)."""
+    services.py (requests clients wait on), actors.py (actor lifecycle),
+    placement.py (placement groups and scheduling strategies) and memory.py
+    (shared memory, spilling, what is shipped to whom)."""
 
     def __init__(self, resources: dict[str, float], object_store_memory: int,
                  log_to_driver: bool, namespace: str, job_id: bytes, node_id: bytes):
@@ -55,6 +58,9 @@ class Node(NodeServices, NodeActors, NodePlacement):
         self.resources = NodeResources(resources)
         self.arena = Arena.create(object_store_memory)
         self.allocator = Allocator(object_store_memory)
+        self.resident: OrderedDict = OrderedDict()   # ids in shared memory, LRU first
+        self.spill = (SpillDirectory(config.get("object_spilling_directory"))
+                      if config.get("object_spilling") else None)
         self.objects = ObjectTable()
         self.functions: dict[bytes, bytes] = {}
         self.tasks: dict[bytes, TaskRecord] = {}
@@ -123,8 +129,8 @@ class Node(NodeServices, NodeActors, NodePlacement):
             oid, e = freed.pop()
             value = e.value
             if value is not None:
-                if e.shm_offset is not None:
-                    self.allocator.free(e.shm_offset)
+                if value[0] == m.SHM or value[0] == m.SPILLED:
+                    self._release_value(oid, value)
                 for inner in value[2]:
                     self.objects.unpin(inner, freed)
             if oid[12:] == b"\0\0\0\1":   # a task's first return: an actor handle or a generator
@@ -279,12 +285,21 @@ class Node(NodeServices, NodeActors, NodePlacement):
                     self._want_workers(min(len(q), max(1, free_cpus)))
                     break
                 w = self._pipeline_target(key)
-                if w is None:
+                if w is None or not self._pipelinable(rec):
                     break
                 q.popleft()
                 self._execute(w, rec)
             if not q:
                 del self.queues[key]
+
+    def _pipelinable(self, rec: TaskRecord) -> bool:
+        """Only tasks with small arguments wait on a busy worker: shipping
+        shared-memory arguments maps them, and mapped objects cannot be
+        spilled while the task waits its turn."""
+        if not rec.spec.deps:
+            return True
+        entries = self.objects.entries
+        return all(entries[dep].value[0] == m.INLINE for _, dep in rec.spec.deps)
 
     def _pipeline_target(self, key):
         best = None
@@ -312,16 +327,9 @@ class Node(NodeServices, NodeActors, NodePlacement):
         if fid is not None and fid not in w.functions:
             blob = self.functions.get(fid)
             w.functions.add(fid)
-        objects = self.objects
-        dep_values = []
-        for key, dep in spec.deps:
-            value = objects.entries[dep].value
-            if value[0] == m.ERROR:   # an argument failed: so does this task, without running
-                w.inflight.pop(spec.task_id)
-                self._finish(rec, value)
-                self._worker_maybe_idle(w)
-                return
-            dep_values.append((key, value))
+        dep_values = self._ship_args(w, rec)
+        if dep_values is None:
+            return
         lease = w.lease
         assigned = None
         if lease is not None and (lease.gpu_ids or rec.request):
@@ -330,6 +338,32 @@ class Node(NodeServices, NodeActors, NodePlacement):
             a = w.actor.assignment
             assigned = (a.describe(), a.gpu_ids)
         self._send(w, (m.EXECUTE, spec.to_wire(), blob, dep_values, assigned))
+
+    def _ship_args(self, w, rec: TaskRecord) -> list | None:
+        """The task's argument values for worker ``w``; None when one of them
+        failed (the task then fails with that error, without running)."""
+        entries = self.objects.entries
+        deps = rec.spec.deps
+        failed = next((v for _, dep in deps if (v := entries[dep].value)[0] == m.ERROR), None)
+        out = []
+        if failed is None:
+            for key, dep in deps:
+                value = entries[dep].value
+                if value[0] != m.INLINE:
+                    value = self._ship(dep, value, w)
+                    if value[0] == m.ERROR:     # a spilled copy could not be restored
+                        failed = value
+                        break
+                out.append((key, value))
+        if failed is None:
+            return out
+        for (_, value), (_, dep) in zip(out, deps):
+            if value[0] == m.SHM:
+                self._unship(dep, w)
+        w.inflight.pop(rec.spec.task_id)
+        self._finish(rec, failed)
+        self._worker_maybe_idle(w)
+        return None
 
     def _send(self, w, message: tuple) -> None:
         if w.conn.queue(message):
@@ -580,6 +614,8 @@ class Node(NodeServices, NodeActors, NodePlacement):
             return
         for inner in value[2]:
             self.objects.pin(inner)
+        if value[0] == m.SHM:
+            self.resident[oid] = None
         if waiters:
             for cb in waiters:
                 cb(oid, entry)
@@ -749,6 +785,8 @@ class Node(NodeServices, NodeActors, NodePlacement):
                 except OSError:
                     pass
         self.arena.close()
+        if self.spill is not None:
+            self.spill.close()
 
 
 def _wait_or_kill(proc, deadline: float) -> None:

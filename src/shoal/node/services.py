@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 
-from ..exceptions import GetTimeoutError, ObjectStoreFullError, TaskCancelledError
+from ..exceptions import GetTimeoutError, TaskCancelledError
 from ..scheduler.task import ACTOR_CALL, object_id_for
 from ..transport import messages as m
 from .records import QUEUED, RUNNING, WAITING_DEPS, TaskRecord
@@ -101,7 +101,7 @@ class NodeServices:
 
         def answer():
             if values:
-                reply(True, [objects.entries[oid].value for oid in ids])
+                reply(True, self._ship_many(ids, client))
             else:
                 reply(True, [oid for oid in ids if (e := objects.get(oid)) is not None
                              and e.value is not None])
@@ -154,24 +154,6 @@ class NodeServices:
         self._store(oid, value, freed)
         self._free(freed)
         reply(True, None)
-
-    def _svc_alloc(self, client, request_id, reply, size) -> None:
-        offset = self.allocator.alloc(size)
-        if offset is None:
-            reply(False, ObjectStoreFullError(
-                f"the object store has no room for an object of {size / 1e6:.1f} MB: "
-                f"{self.allocator.used_bytes / 1e6:.1f} MB of {self.allocator.capacity / 1e6:.1f} MB "
-                f"in use. Free references to objects you no longer need, or start shoal with "
-                f"a larger object_store_memory."))
-        else:
-            if client is not DRIVER:
-                client.allocs.add(offset)   # freed by the node if the worker dies first
-            reply(True, offset)
-
-    def _svc_free_alloc(self, client, request_id, reply, offset) -> None:
-        if client is not DRIVER:
-            client.allocs.discard(offset)
-        self.allocator.free(offset)
 
     def _svc_generator_next(self, client, request_id, reply, task_id, index) -> None:
         gen = self.generators.get(task_id)

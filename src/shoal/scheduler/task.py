@@ -37,6 +37,13 @@ def object_id_for(task_id: bytes, index: int) -> bytes:
     return task_id + _pack_index(index)
 
 
+def mapped_id(object_id: bytes) -> bytes:
+    """The id under which processes count their live views of an object's
+    shared memory (the index's top bit set): while it has refs, the object
+    is mapped somewhere and may not be spilled."""
+    return object_id[:12] + bytes((object_id[12] | 0x80,)) + object_id[13:]
+
+
 def new_put_id() -> bytes:
     return new_task_id() + b"\0\0\0\0"
 

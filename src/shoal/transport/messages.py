@@ -40,3 +40,4 @@ REVOKE = 24        # (REVOKE, task_ids)                  give back these tasks i
 INLINE = 0
 SHM = 1
 ERROR = 2
+SPILLED = 3     # on the node's disk: (path, size, layout); restored before it is shipped

@@ -1,0 +1,223 @@
+"""The node's shared memory: allocation, spilling to disk, restoring, and
+what is shipped to whom.
+
+Spilling. When an allocation does not fit, the least recently used objects
+in shared memory that no process has mapped are written to the spill
+directory and their memory is freed, until it fits. A spilled object's value
+becomes ``(SPILLED, (path, size, layout), contained)``; it is read back into
+shared memory the next time it is shipped (a ``get`` or a task argument).
+
+Mapped. Every value the node ships from shared memory carries a lease on
+``mapped_id(object_id)``: the node counts +1 under that id when it ships
+(for the client: a worker's count is in ``w.held``, so its death releases
+it), and the client's zero-copy views hold the lease and count -1 when the
+last of them is gone (object_ref.adopted_ref). While that count is above
+zero the object is in use somewhere and is never spilled; counting at ship
+time leaves no window in which a view exists that the node does not know of.
+
+Part of ``Node`` (a base class of it), under ``node.lock``. Spill and restore
+run synchronously under the lock: simple and correct, at the price of
+stalling the node for the time the disk takes (measured in
+docs/benchmarks.md).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from ..exceptions import ObjectLostError, ObjectStoreFullError
+from ..object_ref import MappingLease, adopted_ref
+from ..scheduler.task import mapped_id
+from ..transport import messages as m
+from .services import DRIVER
+
+
+class NodeMemory:
+    """Shared-memory accounting for ``Node``. Expects ``self.allocator``,
+    ``self.arena``, ``self.objects``, ``self.spill`` (a SpillDirectory or None)
+    and ``self.resident`` (an OrderedDict of ids in shared memory, least
+    recently used first)."""
+
+    resident: OrderedDict
+
+    # ------------------------------------------------------------ allocating
+    def _alloc(self, size: int) -> int:
+        """An arena offset for ``size`` bytes, spilling to make room;
+        ObjectStoreFullError if even that cannot."""
+        offset = self.allocator.alloc(size)
+        if offset is None and self.spill is not None:
+            offset = self._spill_until(size)
+        if offset is None:
+            raise ObjectStoreFullError(
+                f"the object store has no room for an object of {size / 1e6:.1f} MB: "
+                f"{self.allocator.used_bytes / 1e6:.1f} MB of "
+                f"{self.allocator.capacity / 1e6:.1f} MB in use"
+                + (", and every object in it is in use (mapped by a process)"
+                   if self.spill is not None else " and spilling is off")
+                + ". Free references to objects you no longer need (and arrays built on "
+                  "them), or start shoal with a larger object_store_memory.")
+        return offset
+
+    def _svc_alloc(self, client, request_id, reply, size) -> None:
+        offset = self._alloc(size)
+        if client is not DRIVER:
+            client.allocs.add(offset)   # freed by the node if the worker dies first
+        reply(True, offset)
+
+    def _svc_free_alloc(self, client, request_id, reply, offset) -> None:
+        if client is not DRIVER:
+            client.allocs.discard(offset)
+        self.allocator.free(offset)
+
+    # ------------------------------------------------------------- spilling
+    def _is_mapped(self, oid: bytes) -> bool:
+        e = self.objects.entries.get(mapped_id(oid))
+        return e is not None and e.refs > 0
+
+    def _spill_until(self, size: int) -> int | None:
+        """Spill unmapped objects, oldest use first, until ``size`` fits."""
+        freed: list = []
+        self._apply_local_deltas(freed)     # views the driver dropped since its last call
+        self._free(freed)
+        offset = self.allocator.alloc(size)
+        if offset is not None:
+            return offset
+        entries = self.objects.entries
+        for oid in list(self.resident):
+            if self._is_mapped(oid):
+                continue
+            e = entries.get(oid)
+            if e is None or e.value is None or e.value[0] != m.SHM:
+                self.resident.pop(oid, None)
+                continue
+            self._spill(oid, e)
+            offset = self.allocator.alloc(size)
+            if offset is not None:
+                return offset
+        return None
+
+    def _spill(self, oid: bytes, e) -> None:
+        kind, (offset, size, layout), contained = e.value
+        path = self.spill.write(oid, self.arena.writable(offset, size))
+        self.allocator.free(offset)
+        e.value = (m.SPILLED, (path, size, layout), contained)
+        e.shm_offset = None
+        del self.resident[oid]
+
+    def _restore(self, oid: bytes, e) -> tuple:
+        """Read a spilled object back into shared memory; its value then, or
+        an ERROR value saying why it could not be."""
+        path, size, layout = e.value[1]
+        try:
+            offset = self._alloc(size)
+        except ObjectStoreFullError as err:
+            return self._error_value(err)
+        try:
+            self.spill.read(path, self.arena.writable(offset, size))
+        except OSError as err:
+            self.allocator.free(offset)
+            return self._error_value(ObjectLostError(
+                f"object {oid.hex()} is lost: it was spilled to {path} and reading it back "
+                f"failed ({err})"))
+        self.spill.delete(path, size)
+        e.value = (m.SHM, (offset, size, layout), e.value[2])
+        e.shm_offset = offset
+        self.resident[oid] = None
+        return e.value
+
+    # -------------------------------------------------------------- shipping
+    def _ship(self, oid: bytes, value: tuple, client) -> tuple:
+        """``value`` as it goes to ``client``: restored if spilled, and with a
+        lease that marks it mapped while the client's views live."""
+        kind = value[0]
+        if kind == m.SPILLED:
+            value = self._restore(oid, self.objects.entries[oid])
+            kind = value[0]
+        if kind != m.SHM:
+            return value
+        mid = mapped_id(oid)
+        self.objects.add_ref(mid)
+        self.resident.move_to_end(oid)
+        if client is DRIVER:
+            lease = adopted_ref(mid)      # its -1 arrives through the driver's ref log
+        else:
+            client.held[mid] = client.held.get(mid, 0) + 1
+            lease = MappingLease(mid)     # unpickles in the worker as an adopted ref
+        return (m.SHM, value[1], value[2], lease)
+
+    def _unship(self, oid: bytes, client) -> None:
+        """Take back a ship whose value never left the node."""
+        mid = mapped_id(oid)
+        if client is not DRIVER:
+            n = client.held.get(mid, 0) - 1
+            if n > 0:
+                client.held[mid] = n
+            else:
+                client.held.pop(mid, None)
+        freed: list = []
+        self.objects.remove_ref(mid, 1, freed)
+        self._free(freed)
+
+    def _ship_many(self, ids, client) -> list:
+        entries = self.objects.entries
+        return [self._ship(oid, entries[oid].value, client) for oid in ids]
+
+    def _release_value(self, oid: bytes | None, value: tuple) -> None:
+        """The memory or file behind a value nobody will read again."""
+        kind = value[0]
+        if kind == m.SHM:
+            self.allocator.free(value[1][0])
+            if oid is not None:
+                self.resident.pop(oid, None)
+        elif kind == m.SPILLED:
+            self.spill.delete(value[1][0], value[1][1])
+
+    # ---------------------------------------------------------- observability
+    def _svc_memory(self, client, request_id, reply) -> None:
+        reply(True, self.memory_report())
+
+    def memory_report(self) -> dict:
+        """Every object the node knows: size, where it lives, who holds it."""
+        holders: dict = {}
+        for w in self.workers.values():
+            for oid, n in w.held.items():
+                holders.setdefault(oid, []).append((w.pid, n))
+        rows = []
+        entries = self.objects.entries
+        for oid, e in entries.items():
+            if oid[12] & 0x80:
+                continue            # a mapped-count entry, reported with its object
+            value = e.value
+            kind = value[0] if value is not None else None
+            size = (value[1][1] if kind in (m.SHM, m.SPILLED)
+                    else len(value[1][0]) if value is not None else 0)
+            where = {m.SHM: "SHARED_MEMORY", m.SPILLED: "SPILLED", m.INLINE: "INLINE",
+                     m.ERROR: "ERROR", None: "PENDING"}[kind]
+            by_pid = dict(holders.get(oid, ()))
+            driver_refs = e.refs - sum(by_pid.values())
+            mapped = entries.get(mapped_id(oid))
+            rows.append({
+                "object_id": oid.hex(), "size": size, "where": where,
+                "refs": e.refs, "driver_refs": driver_refs, "worker_refs": by_pid,
+                "pins": e.pins, "mapped": mapped.refs if mapped is not None else 0,
+                "task": self._producer_name(oid),
+                "spill_path": value[1][0] if kind == m.SPILLED else None,
+            })
+        spill = self.spill
+        return {
+            "objects": rows,
+            "store_capacity": self.allocator.capacity,
+            "store_used": self.allocator.used_bytes,
+            "spilled_bytes": spill.bytes if spill else 0,
+            "spilled_total": spill.spilled_total if spill else 0,
+            "restored_total": spill.restored_total if spill else 0,
+            "spill_directory": spill.path if spill else None,
+        }
+
+    def _producer_name(self, oid: bytes) -> str:
+        if oid[12:] == b"\0\0\0\0":
+            return "put"
+        rec = self.tasks.get(oid[:12])
+        if rec is not None:
+            return rec.spec.name
+        actor = self.actors.get(oid[:12])
+        return actor.class_name if actor is not None else ""

@@ -1,0 +1,60 @@
+"""Spilled objects: the node's overflow from shared memory to local disk.
+
+One file per object, in a directory of its own under the configured
+``object_spilling_directory`` (``shoal-spill-<pid>-<random>``), removed when
+the node stops. Files are written and read with plain ``os.write``/
+``os.readv`` into the arena's memory: one copy each way, no Python buffers.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+
+class SpillDirectory:
+    def __init__(self, root: str | None):
+        root = root or tempfile.gettempdir()
+        os.makedirs(root, exist_ok=True)
+        self.path = tempfile.mkdtemp(prefix=f"shoal-spill-{os.getpid()}-", dir=root)
+        self.bytes = 0           # on disk now
+        self.spilled_total = 0   # bytes ever written
+        self.restored_total = 0  # bytes ever read back
+
+    def write(self, object_id: bytes, data: memoryview) -> str:
+        path = os.path.join(self.path, object_id.hex())
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            done = 0
+            while done < len(data):
+                done += os.write(fd, data[done:])
+        finally:
+            os.close(fd)
+        self.bytes += len(data)
+        self.spilled_total += len(data)
+        return path
+
+    def read(self, path: str, into: memoryview) -> None:
+        """Fill ``into`` from the file; OSError if it is missing or short."""
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            done = 0
+            while done < len(into):
+                n = os.readv(fd, [into[done:]])
+                if n == 0:
+                    raise OSError(f"spill file {path} is shorter than the object "
+                                  f"({done} of {len(into)} bytes)")
+                done += n
+        finally:
+            os.close(fd)
+        self.restored_total += len(into)
+
+    def delete(self, path: str, size: int) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        self.bytes -= size
+
+    def close(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
