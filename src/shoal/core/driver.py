@@ -10,6 +10,7 @@ import itertools
 
 from ..exceptions import GetTimeoutError
 from ..node.services import DRIVER
+from ..transport.messages import SPILLED
 from .base import Core
 
 _request_ids = itertools.count(1 << 40)
@@ -47,7 +48,7 @@ class DriverCore(Core):
             entries = node.objects.entries
             for oid in ids:
                 e = entries.get(oid)
-                if e is None or e.value is None:
+                if e is None or e.value is None or e.value[0] == SPILLED:
                     break
             else:
                 return node._ship_many(ids, None)

@@ -26,6 +26,7 @@ from collections import OrderedDict
 
 from ..exceptions import ObjectLostError, ObjectStoreFullError
 from ..object_ref import MappingLease, adopted_ref
+from ..object_store.spill import SpillLost
 from ..scheduler.task import mapped_id
 from ..transport import messages as m
 from .services import DRIVER
@@ -104,20 +105,16 @@ class NodeMemory:
         del self.resident[oid]
 
     def _restore(self, oid: bytes, e) -> tuple:
-        """Read a spilled object back into shared memory; its value then, or
-        an ERROR value saying why it could not be."""
+        """Read a spilled object back into shared memory and return its value.
+        Raises ObjectStoreFullError (no room, it stays spilled) or SpillLost
+        (its file is gone: see lineage.py)."""
         path, size, layout = e.value[1]
-        try:
-            offset = self._alloc(size)
-        except ObjectStoreFullError as err:
-            return self._error_value(err)
+        offset = self._alloc(size)
         try:
             self.spill.read(path, self.arena.writable(offset, size))
-        except OSError as err:
+        except SpillLost:
             self.allocator.free(offset)
-            return self._error_value(ObjectLostError(
-                f"object {oid.hex()} is lost: it was spilled to {path} and reading it back "
-                f"failed ({err})"))
+            raise
         self.spill.delete(path, size)
         e.value = (m.SHM, (offset, size, layout), e.value[2])
         e.shm_offset = offset
@@ -130,7 +127,12 @@ class NodeMemory:
         lease that marks it mapped while the client's views live."""
         kind = value[0]
         if kind == m.SPILLED:
-            value = self._restore(oid, self.objects.entries[oid])
+            try:
+                value = self._restore(oid, self.objects.entries[oid])
+            except ObjectStoreFullError as err:
+                return self._error_value(err)
+            except SpillLost as err:      # callers restore first (lineage.py): rare
+                return self._error_value(ObjectLostError(f"object {oid.hex()} is lost: {err}"))
             kind = value[0]
         if kind != m.SHM:
             return value
@@ -191,7 +193,7 @@ class NodeMemory:
             size = (value[1][1] if kind in (m.SHM, m.SPILLED)
                     else len(value[1][0]) if value is not None else 0)
             where = {m.SHM: "SHARED_MEMORY", m.SPILLED: "SPILLED", m.INLINE: "INLINE",
-                     m.ERROR: "ERROR", None: "PENDING"}[kind]
+                     m.ERROR: "ERROR", None: "PENDING" if e.expected else "EVICTED"}[kind]
             by_pid = dict(holders.get(oid, ()))
             driver_refs = e.refs - sum(by_pid.values())
             mapped = entries.get(mapped_id(oid))
@@ -199,7 +201,8 @@ class NodeMemory:
                 "object_id": oid.hex(), "size": size, "where": where,
                 "refs": e.refs, "driver_refs": driver_refs, "worker_refs": by_pid,
                 "pins": e.pins, "mapped": mapped.refs if mapped is not None else 0,
-                "task": self._producer_name(oid),
+                "task": e.lineage.spec.name if e.lineage is not None else self._producer_name(oid),
+                "lineage": e.lineage is not None,
                 "spill_path": value[1][0] if kind == m.SPILLED else None,
             })
         spill = self.spill

@@ -26,11 +26,13 @@ from ..object_store.arena import Arena
 from ..object_store.spill import SpillDirectory
 from ..object_store.table import ObjectTable
 from ..scheduler.resources import NodeResources
-from ..scheduler.task import ACTOR_CALL, ACTOR_CREATE, STREAMING, TaskSpec, object_id_for
+from ..scheduler.task import (ACTOR_CALL, ACTOR_CREATE, STREAMING, TASK, TaskSpec,
+                              object_id_for)
 from ..serialization import pack_inline, serialize
 from ..transport import messages as m
 from ..transport.framing import ConnectionClosed
 from .actors import ActorRecord, NodeActors, DEAD
+from .lineage import NodeLineage
 from .memory import NodeMemory
 from .placement import GONE, NodePlacement
 from .logs import StreamRelay
@@ -41,7 +43,7 @@ from .services import DRIVER, NodeServices
 from .workers import BUSY, IDLE, STARTING, spawn_worker
 
 
-class Node(NodeServices, NodeActors, NodePlacement, NodeMemory):
+class Node(NodeServices, NodeActors, NodePlacement, NodeMemory, NodeLineage):
     """One machine's runtime. Its methods are split by concern over five
     files: this one (tasks, scheduling, workers, messages, shutdown),
     services.py (requests clients wait on), actors.py (actor lifecycle),
@@ -125,6 +127,7 @@ class Node(NodeServices, NodeActors, NodePlacement, NodeMemory):
 
     def _free(self, freed: list) -> None:
         """Release what freed objects held; may free more in turn."""
+        objects = self.objects
         while freed:
             oid, e = freed.pop()
             value = e.value
@@ -132,7 +135,17 @@ class Node(NodeServices, NodeActors, NodePlacement, NodeMemory):
                 if value[0] == m.SHM or value[0] == m.SPILLED:
                     self._release_value(oid, value)
                 for inner in value[2]:
-                    self.objects.unpin(inner, freed)
+                    objects.unpin(inner, freed)
+            if objects.entries.get(oid) is e:    # evicted: lineage keeps the entry
+                e.value = None
+                e.expected = False
+                e.shm_offset = None
+            elif e.lineage is not None:
+                lineage = e.lineage
+                lineage.live -= 1
+                if lineage.live == 0:
+                    for _, dep in lineage.spec.deps:
+                        objects.lineage_unpin(dep, freed)
             if oid[12:] == b"\0\0\0\1":   # a task's first return: an actor handle or a generator
                 actor = self.actors.get(oid[:12])
                 if actor is not None:
@@ -344,6 +357,20 @@ class Node(NodeServices, NodeActors, NodePlacement, NodeMemory):
         failed (the task then fails with that error, without running)."""
         entries = self.objects.entries
         deps = rec.spec.deps
+        for _, dep in deps:
+            e = entries[dep]
+            if e.value[0] == m.SPILLED:
+                self._restore_or_rebuild(dep, e)
+        rebuilding = [dep for _, dep in deps if entries[dep].value is None]
+        if rebuilding:           # a lost argument is being made again: wait for it
+            w.inflight.pop(rec.spec.task_id)
+            rec.state = WAITING_DEPS
+            rec.worker = None
+            rec.deps_left = len(rebuilding)
+            for dep in rebuilding:
+                self.objects.add_waiter(dep, lambda oid, e, rec=rec: self._dep_ready(rec))
+            self._worker_maybe_idle(w)
+            return None
         failed = next((v for _, dep in deps if (v := entries[dep].value)[0] == m.ERROR), None)
         out = []
         if failed is None:
@@ -624,6 +651,10 @@ class Node(NodeServices, NodeActors, NodePlacement, NodeMemory):
     def _finish_with(self, rec: TaskRecord, results: list, freed: list) -> None:
         for oid, value in results:
             self._store(oid, value, freed)
+        spec = rec.spec
+        if spec.kind == TASK and spec.max_retries != 0 and spec.num_returns != STREAMING \
+                and rec.retries_left != 0:
+            self._keep_lineage(rec, results)
         self._task_ended(rec, freed)
 
     def _finish(self, rec: TaskRecord, value: tuple) -> None:

@@ -89,6 +89,8 @@ class NodeServices:
         missing = []
         for oid in ids:
             e = objects.get(oid)
+            if values and e is not None and e.value is not None and e.value[0] == m.SPILLED:
+                self._restore_or_rebuild(oid, e)      # a lost copy is rebuilt: then we wait
             if e is None or e.value is None:
                 if objects.is_lost(oid):
                     # held only by refs: record the loss as its value, so every

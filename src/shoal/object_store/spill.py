@@ -12,6 +12,10 @@ import shutil
 import tempfile
 
 
+class SpillLost(OSError):
+    """A spilled object's file is missing or unreadable."""
+
+
 class SpillDirectory:
     def __init__(self, root: str | None):
         root = root or tempfile.gettempdir()
@@ -35,16 +39,23 @@ class SpillDirectory:
         return path
 
     def read(self, path: str, into: memoryview) -> None:
-        """Fill ``into`` from the file; OSError if it is missing or short."""
-        fd = os.open(path, os.O_RDONLY)
+        """Fill ``into`` from the file; SpillLost if it is missing or short."""
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as e:
+            raise SpillLost(f"its spill file {path} cannot be opened ({e.strerror})") from None
         try:
             done = 0
             while done < len(into):
                 n = os.readv(fd, [into[done:]])
                 if n == 0:
-                    raise OSError(f"spill file {path} is shorter than the object "
-                                  f"({done} of {len(into)} bytes)")
+                    raise SpillLost(f"its spill file {path} is shorter than the object "
+                                    f"({done} of {len(into)} bytes)")
                 done += n
+        except SpillLost:
+            raise
+        except OSError as e:
+            raise SpillLost(f"its spill file {path} cannot be read ({e.strerror})") from None
         finally:
             os.close(fd)
         self.restored_total += len(into)

@@ -12,14 +12,34 @@ When both reach zero the entry is freed and the node releases its shared
 memory and the pins its value held on other objects. An entry whose value
 has not arrived yet is freed the same way; the value is then dropped when
 it comes.
+
+Lineage. A finished retriable task's spec stays attached to its returns
+(``lineage``, a Lineage record) while any of them is alive, so a lost copy
+can be made again by re-running the task. That may need the task's
+arguments again, so the spec holds ``lineage_pins`` on them: an entry with
+lineage pins but no refs or pins loses its value (evicted: memory released)
+but keeps its entry, so that it too can be rebuilt. The entry goes when its
+last lineage pin does.
 """
 from __future__ import annotations
 
 from ..transport.messages import SHM
 
 
+class Lineage:
+    """How to make a task's returns again: its spec, the retries it has left,
+    and how many of its returns still have entries."""
+    __slots__ = ("spec", "retries_left", "live")
+
+    def __init__(self, spec, retries_left: int, live: int):
+        self.spec = spec
+        self.retries_left = retries_left
+        self.live = live
+
+
 class ObjectEntry:
-    __slots__ = ("value", "refs", "pins", "waiters", "shm_offset", "expected")
+    __slots__ = ("value", "refs", "pins", "waiters", "shm_offset", "expected", "lineage",
+                 "lineage_pins")
 
     def __init__(self):
         self.expected = False    # a task or put will produce it (else only refs named it)
@@ -28,6 +48,8 @@ class ObjectEntry:
         self.pins = 0
         self.waiters = None      # callbacks(object_id, entry) to run when the value arrives
         self.shm_offset = None
+        self.lineage = None      # the Lineage that can rebuild it, if any
+        self.lineage_pins = 0    # finished tasks' specs that name it as an argument
 
 
 class ObjectTable:
@@ -109,13 +131,31 @@ class ObjectTable:
             if e.refs <= 0 and e.pins <= 0:
                 self._free(object_id, e, freed)
 
+    def lineage_pin(self, object_id: bytes) -> None:
+        e = self.entries.get(object_id)
+        if e is not None:
+            e.lineage_pins += 1
+
+    def lineage_unpin(self, object_id: bytes, freed: list) -> None:
+        e = self.entries.get(object_id)
+        if e is not None:
+            e.lineage_pins -= 1
+            if e.refs <= 0 and e.pins <= 0:
+                self._free(object_id, e, freed)
+
     def release_if_unheld(self, object_id: bytes, freed: list) -> None:
         e = self.entries.get(object_id)
         if e is not None and e.refs <= 0 and e.pins <= 0:
             self._free(object_id, e, freed)
 
     def _free(self, object_id: bytes, e: ObjectEntry, freed: list) -> None:
+        """Queue ``e`` for the node to release: its value, and the entry
+        itself unless lineage still names it (then only evicted)."""
         if e.waiters:
             return  # someone is blocked on it right now; freed once they are done
+        if e.lineage_pins > 0:
+            if e.value is not None:
+                freed.append((object_id, e))    # the node releases the value, keeps the entry
+            return
         del self.entries[object_id]
         freed.append((object_id, e))

@@ -17,10 +17,11 @@ def memory_report() -> dict:
 
 def list_objects(filters: list | None = None, limit: int = 10000) -> list[dict]:
     """One dict per object: object_id, size, where (SHARED_MEMORY, SPILLED,
-    INLINE, ERROR, PENDING), refs (total), driver_refs, worker_refs
+    INLINE, ERROR, PENDING, EVICTED: value freed, kept only as lineage for
+    rebuilding a result), refs (total), driver_refs, worker_refs
     ({pid: count}), pins (held by the node for tasks and containing objects),
-    mapped (processes' live zero-copy views), task (what made it),
-    spill_path. ``filters``: [(key, "=" or "!=", value)]."""
+    mapped (processes' live zero-copy views), task (what made it), lineage
+    (True when it can be rebuilt by re-running that task), spill_path. ``filters``: [(key, "=" or "!=", value)]."""
     rows = memory_report()["objects"]
     for key, op, value in filters or ():
         if op not in ("=", "!="):
