@@ -78,6 +78,8 @@ class Node(NodeServices, NodeActors, NodePlacement, NodeMemory, NodeLineage):
         self.pg_names: dict[tuple, bytes] = {}    # (namespace, name) -> pg_id
         self.pending_pgs: list = []
         self.removed_pgs: deque = deque()
+        self.scheduling = False                   # _schedule is running (see there)
+        self.schedule_again = False
         self.generators: dict[bytes, GeneratorState] = {}   # until the consumer drops it
         self.local_deltas: deque = deque()        # the driver's (object_id, +1/-1)
         self.requests: dict = {}                  # (client, request_id) -> Request
@@ -263,6 +265,21 @@ class Node(NodeServices, NodeActors, NodePlacement, NodeMemory, NodeLineage):
 
     # ------------------------------------------------------------ scheduling
     def _schedule(self) -> None:
+        """Start what can start. Re-entrant calls (starting a task can submit
+        another: a lineage rebuild) only ask the running pass for another round."""
+        if self.scheduling:
+            self.schedule_again = True
+            return
+        self.scheduling = True
+        try:
+            self.schedule_again = True
+            while self.schedule_again:
+                self.schedule_again = False
+                self._schedule_pass()
+        finally:
+            self.scheduling = False
+
+    def _schedule_pass(self) -> None:
         if self.pending_pgs:
             self._place_pending_pgs()
         if self.pending_actors:
@@ -302,7 +319,7 @@ class Node(NodeServices, NodeActors, NodePlacement, NodeMemory, NodeLineage):
                     break
                 q.popleft()
                 self._execute(w, rec)
-            if not q:
+            if not q and self.queues.get(key) is q:
                 del self.queues[key]
 
     def _pipelinable(self, rec: TaskRecord) -> bool:
@@ -736,6 +753,7 @@ class Node(NodeServices, NodeActors, NodePlacement, NodeMemory, NodeLineage):
                 req.done = True
                 for oid in req.ids:
                     self.objects.remove_waiter(oid, req.callback)
+                req.callback = None
             if w.lease is not None:
                 if not w.blocked:
                     w.lease.pool.release(w.lease)

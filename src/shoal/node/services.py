@@ -52,9 +52,9 @@ class NodeServices:
             with self.lock:
                 self._forget_request(DRIVER, id(latch))
             if box:   # answered while we gave up
-                return _unwrap(box[0])
+                return _unwrap(box.pop())
             raise GetTimeoutError(f"{op} timed out after {timeout} s")
-        return _unwrap(box[0])
+        return _unwrap(box.pop())
 
     def _service(self, client, request_id, op, args, reply) -> None:
         try:
@@ -73,6 +73,7 @@ class NodeServices:
             req.done = True
             for oid in req.ids:
                 self.objects.remove_waiter(oid, req.callback)
+            req.callback = None
             self._unblock(client)
 
     def _svc_forget(self, client, request_id, reply, target_id) -> None:
@@ -121,6 +122,7 @@ class NodeServices:
                 self.requests.pop((client, request_id), None)
                 for other in missing:
                     objects.remove_waiter(other, req.callback)
+                req.callback = None     # no cycle: shipped values (leases) must not wait for gc
                 self._unblock(client)
                 answer()
         req.callback = on_ready
