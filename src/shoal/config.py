@@ -68,6 +68,10 @@ SETTINGS = {s.name: s for s in [
     Setting("object_spilling", bool, True,
             "Spill least recently used objects to disk when the store is full, "
             "instead of failing the put with ObjectStoreFullError."),
+    Setting("object_store_full_timeout_s", float, 10.0,
+            "How long an allocation, or a task whose spilled argument must be read "
+            "back, waits for room while the store is full of objects in use, before "
+            "failing with ObjectStoreFullError."),
     Setting("worker_skip_site", bool, True,
             "Start workers with `python -S` and the driver's sys.path, skipping the "
             "site module's .pth processing (saves ~100 ms per worker start)."),

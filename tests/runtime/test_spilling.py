@@ -139,6 +139,8 @@ def spill_root(tmp_path, monkeypatch):
     root = tmp_path / "spill"
     monkeypatch.setenv("SHOAL_OBJECT_SPILLING_DIRECTORY", str(root))
     monkeypatch.delenv("SHOAL_OBJECT_SPILLING", raising=False)
+    # a store full of objects in use waits this long for room before failing
+    monkeypatch.setenv("SHOAL_OBJECT_STORE_FULL_TIMEOUT_S", "2")
     return root
 
 
@@ -521,11 +523,11 @@ def test_a_queued_task_whose_spilled_argument_is_lost_gets_it_rebuilt(cluster, t
     ref, others = _lose_spilled_result()
     release = str(tmp_path / "release")
     blocker = gate.remote(release)                   # holds the only CPU
-    queued = first.remote(ref)
-    assert np.array_equal(get(ref, timeout=10), pattern(3))     # rebuilt for this get
+    queued = first.remote(ref)           # waits for the CPU with a lost argument
     touch(release)
     assert get(blocker) is True
-    assert get(queued, timeout=5) == int(pattern(3)[0])
+    assert get(queued, timeout=10) == int(pattern(3)[0])       # rebuilt before it ran
+    assert np.array_equal(get(ref, timeout=10), pattern(3))
 
 
 # ======================================================== spilling off
@@ -630,7 +632,7 @@ def test_an_object_larger_than_the_store_fails_at_once_without_spilling_others(c
     assert "mapped" not in str(info.value), str(info.value)
     report = memory_report()
     assert report["spilled_total"] == 0, "objects were spilled for a put that could never fit"
-    assert all(r["where"] == "SHARED_MEMORY" for r in report["objects"])
+    assert all(r["where"] == "SHARED_MEMORY" for r in report["objects"]), report["objects"]
     del refs
 
 
@@ -675,3 +677,23 @@ def test_a_spill_directory_removed_behind_shoals_back_fails_tasks_instead_of_han
         except ShoalError:
             pass            # failing because nothing can be spilled is fair
     assert get(first.remote(shoal.put(np.zeros(10))), timeout=10) == 0
+
+
+def test_a_put_into_a_store_full_of_objects_in_use_waits_for_room(cluster):
+    refs = [shoal.put(pattern(i)) for i in range(FIT)]
+    held = [get(ref) for ref in refs]            # every object mapped: nothing can spill
+    node = current_core().node
+    done = {}
+
+    def put_big():
+        done["ref"] = shoal.put(pattern(99, 2 * N))
+
+    t = threading.Thread(target=put_big)
+    t.start()
+    wait_for(lambda: len(node.memory_waiters) == 1, what="the put to wait for room")
+    assert "ref" not in done
+    held.clear()                                 # the views go: those objects may spill
+    t.join(timeout=10)
+    assert not t.is_alive() and np.array_equal(get(done["ref"]), pattern(99, 2 * N))
+    for i, ref in enumerate(refs):
+        assert np.array_equal(get(ref), pattern(i))

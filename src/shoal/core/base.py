@@ -77,8 +77,9 @@ class Core:
     def put(self, value) -> ObjectRef:
         from ..scheduler.task import new_put_id
         oid = new_put_id()
+        encoded = self.encode_value(value)     # first: a put that fails leaves no ref
         ref = ObjectRef(oid)
-        self.store(oid, self.encode_value(value))
+        self.store(oid, encoded)
         return ref
 
     def get(self, refs: list, timeout):

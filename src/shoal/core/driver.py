@@ -8,7 +8,7 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 
-from ..exceptions import GetTimeoutError
+from ..exceptions import GetTimeoutError, ObjectStoreFullError
 from ..node.services import DRIVER
 from ..transport.messages import SPILLED
 from .base import Core
@@ -27,8 +27,13 @@ class DriverCore(Core):
     # -- store -------------------------------------------------------------
     def alloc(self, size: int) -> int:
         node = self.node
-        with node.lock:
-            return node._alloc(size)
+        try:
+            with node.lock:
+                return node._alloc(size)
+        except ObjectStoreFullError as err:
+            if not getattr(err, "waitable", False):
+                raise
+        return node.request("alloc", size)      # waits (bounded) for room
 
     def free_alloc(self, offset: int) -> None:
         with self.node.lock:

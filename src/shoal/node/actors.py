@@ -43,6 +43,9 @@ class ActorRecord:
         self.name = opts.get("name")
         self.namespace = opts.get("namespace")
         self.detached = opts.get("lifetime") == "detached"
+        # calls it runs at once (async actors: Ray's default of 1000)
+        self.max_concurrency = opts.get("max_concurrency") or (
+            1000 if opts.get("is_async") else 1)
         self.class_name = spec.name
         self.no_restart = False
         self.exit_reason = None
@@ -158,6 +161,7 @@ class NodeActors:
             return
         q = actor.queue
         w = actor.worker
+        limit = actor.max_concurrency
         while q:
             rec = q[0]
             if rec.state == FINISHED:
@@ -165,6 +169,8 @@ class NodeActors:
                 continue
             if rec.deps_left:
                 break
+            if len(w.inflight) >= limit and not self._pipelinable(rec):
+                break     # its shared-memory arguments wait here, unmapped and spillable
             q.popleft()
             self._execute(w, rec)
 

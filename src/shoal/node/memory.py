@@ -22,52 +22,144 @@ docs/benchmarks.md).
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+import time
+from collections import OrderedDict, deque
 
 from ..exceptions import ObjectLostError, ObjectStoreFullError
 from ..object_ref import MappingLease, adopted_ref
 from ..object_store.spill import SpillLost
 from ..scheduler.task import mapped_id
 from ..transport import messages as m
+from .records import FINISHED
 from .services import DRIVER
 
 
 class NodeMemory:
     """Shared-memory accounting for ``Node``. Expects ``self.allocator``,
-    ``self.arena``, ``self.objects``, ``self.spill`` (a SpillDirectory or None)
-    and ``self.resident`` (an OrderedDict of ids in shared memory, least
-    recently used first)."""
+    ``self.arena``, ``self.objects``, ``self.spill`` (a SpillDirectory or None),
+    ``self.resident`` (an OrderedDict of ids in shared memory, least recently
+    used first) and ``self.memory_waiters`` (a deque of (deadline, waiter):
+    ("alloc", size, grant, reply, client) or ("task", rec))."""
 
     resident: OrderedDict
 
     # ------------------------------------------------------------ allocating
     def _alloc(self, size: int) -> int:
         """An arena offset for ``size`` bytes, spilling to make room;
-        ObjectStoreFullError if even that cannot."""
+        ObjectStoreFullError if even that cannot (``.waitable`` on it: the
+        memory is in use now and will come back when the users let go)."""
         offset = self.allocator.alloc(size)
-        if offset is None and self.spill is not None:
-            offset = self._spill_until(size)
-        if offset is None:
+        if offset is not None:
+            return offset
+        capacity = self.allocator.capacity
+        if size > capacity:
             raise ObjectStoreFullError(
-                f"the object store has no room for an object of {size / 1e6:.1f} MB: "
-                f"{self.allocator.used_bytes / 1e6:.1f} MB of "
-                f"{self.allocator.capacity / 1e6:.1f} MB in use"
-                + (", and every object in it is in use (mapped by a process)"
-                   if self.spill is not None else " and spilling is off")
-                + ". Free references to objects you no longer need (and arrays built on "
-                  "them), or start shoal with a larger object_store_memory.")
-        return offset
+                f"an object of {size / 1e6:.1f} MB is larger than the whole object store "
+                f"({capacity / 1e6:.1f} MB): start shoal with a larger object_store_memory")
+        why, waitable = " and spilling is off", True
+        if self.spill is not None:
+            try:
+                offset = self._spill_until(size)
+            except OSError as e:
+                why, waitable = f" and spilling to {self.spill.path} failed ({e})", False
+            else:
+                if offset is not None:
+                    return offset
+                why = ", and every object in it is in use (mapped by a process)"
+        err = ObjectStoreFullError(
+            f"the object store has no room for an object of {size / 1e6:.1f} MB: "
+            f"{self.allocator.used_bytes / 1e6:.1f} MB of {capacity / 1e6:.1f} MB in use{why}. "
+            f"Free references to objects you no longer need (and arrays built on them), or "
+            f"start shoal with a larger object_store_memory.")
+        err.waitable = waitable
+        raise err
 
     def _svc_alloc(self, client, request_id, reply, size) -> None:
-        offset = self._alloc(size)
-        if client is not DRIVER:
-            client.allocs.add(offset)   # freed by the node if the worker dies first
-        reply(True, offset)
+        def grant(offset):
+            if client is not DRIVER:
+                client.allocs.add(offset)   # freed by the node if the worker dies first
+            reply(True, offset)
+        try:
+            grant(self._alloc(size))
+        except ObjectStoreFullError as err:
+            if not getattr(err, "waitable", False):
+                raise
+            # in use now; wait (bounded) for tasks and views to let go, as Ray does
+            self._wait_for_memory(("alloc", size, grant, reply, client))
 
     def _svc_free_alloc(self, client, request_id, reply, offset) -> None:
         if client is not DRIVER:
             client.allocs.discard(offset)
         self.allocator.free(offset)
+        self._memory_released()
+
+    # ------------------------------------------------ waiting for memory
+    def _wait_for_memory(self, waiter: tuple) -> None:
+        """Park an allocation or a task until memory comes back (see
+        ``_memory_released``), or fail it after object_store_full_timeout_s."""
+        deadline = time.monotonic() + self.store_full_timeout
+        self.memory_waiters.append((deadline, waiter))
+        if len(self.memory_waiters) == 1:
+            self.loop.call_later(0.2, self._expire_memory_waiters)
+
+    def _memory_released(self) -> None:
+        if self.memory_waiters and not self.memory_retry_pending:
+            self.memory_retry_pending = True
+            self.loop.call_soon(self._serve_memory_waiters)
+
+    def _serve_memory_waiters(self) -> None:
+        with self.lock:
+            self.memory_retry_pending = False
+            freed: list = []
+            self._apply_local_deltas(freed)
+            self._free(freed)
+            waiting, self.memory_waiters = self.memory_waiters, deque()
+            blocked = False
+            for deadline, waiter in waiting:
+                if waiter[0] == "task":          # it tries again when scheduled
+                    if waiter[1].state != FINISHED:
+                        self._requeue(waiter[1])
+                    continue
+                if not blocked:
+                    try:
+                        offset = self._alloc(waiter[1])
+                    except ObjectStoreFullError:
+                        blocked = True           # first come, first served
+                    else:
+                        waiter[2](offset)
+                        continue
+                self.memory_waiters.append((deadline, waiter))
+            self._schedule()
+            if self.memory_waiters:
+                self.loop.call_later(0.2, self._expire_memory_waiters)
+
+    def _expire_memory_waiters(self) -> None:
+        with self.lock:
+            now = time.monotonic()
+            keep = deque()
+            for deadline, waiter in self.memory_waiters:
+                if deadline > now:
+                    keep.append((deadline, waiter))
+                    continue
+                if waiter[0] == "alloc":
+                    try:
+                        waiter[2](self._alloc(waiter[1]))
+                    except ObjectStoreFullError as full:
+                        waiter[3](False, ObjectStoreFullError(
+                            f"waited {self.store_full_timeout:g} s for room "
+                            f"(object_store_full_timeout_s), in vain: {full}"))
+                    continue
+                err = ObjectStoreFullError(
+                    f"the object store stayed full for {self.store_full_timeout:g} s "
+                    f"(object_store_full_timeout_s): {self.allocator.used_bytes / 1e6:.1f} MB "
+                    f"of {self.allocator.capacity / 1e6:.1f} MB are in use by running tasks and "
+                    f"live arrays. Free references you no longer need, run fewer tasks at once, "
+                    f"or start shoal with a larger object_store_memory.")
+                if waiter[1].state != FINISHED:
+                    self._finish(waiter[1], self._error_value(err))
+            self.memory_waiters = keep
+            if keep:
+                self.loop.call_later(0.2, self._expire_memory_waiters)
 
     # ------------------------------------------------------------- spilling
     def _is_mapped(self, oid: bytes) -> bool:
@@ -122,14 +214,17 @@ class NodeMemory:
         return e.value
 
     # -------------------------------------------------------------- shipping
-    def _ship(self, oid: bytes, value: tuple, client) -> tuple:
+    def _ship(self, oid: bytes, value: tuple, client, raise_full: bool = False) -> tuple:
         """``value`` as it goes to ``client``: restored if spilled, and with a
-        lease that marks it mapped while the client's views live."""
+        lease that marks it mapped while the client's views live. No room to
+        restore it: an ERROR value, or ObjectStoreFullError if ``raise_full``."""
         kind = value[0]
         if kind == m.SPILLED:
             try:
                 value = self._restore(oid, self.objects.entries[oid])
             except ObjectStoreFullError as err:
+                if raise_full:
+                    raise
                 return self._error_value(err)
             except SpillLost as err:      # callers restore first (lineage.py): rare
                 return self._error_value(ObjectLostError(f"object {oid.hex()} is lost: {err}"))
@@ -170,6 +265,7 @@ class NodeMemory:
             self.allocator.free(value[1][0])
             if oid is not None:
                 self.resident.pop(oid, None)
+            self._memory_released()
         elif kind == m.SPILLED:
             self.spill.delete(value[1][0], value[1][1])
 
@@ -201,7 +297,7 @@ class NodeMemory:
                 "object_id": oid.hex(), "size": size, "where": where,
                 "refs": e.refs, "driver_refs": driver_refs, "worker_refs": by_pid,
                 "pins": e.pins, "mapped": mapped.refs if mapped is not None else 0,
-                "task": e.lineage.spec.name if e.lineage is not None else self._producer_name(oid),
+                "task": e.maker or self._producer_name(oid),
                 "lineage": e.lineage is not None,
                 "spill_path": value[1][0] if kind == m.SPILLED else None,
             })

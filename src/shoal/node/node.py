@@ -19,7 +19,8 @@ import time
 from collections import OrderedDict, deque
 
 from .. import config
-from ..exceptions import (ActorDiedError, InfeasibleTaskError, ObjectLostError, ShoalError,
+from ..exceptions import (ActorDiedError, InfeasibleTaskError, ObjectLostError,
+                          ObjectStoreFullError, ShoalError,
                           TaskCancelledError, WorkerCrashedError)
 from ..object_store.allocator import Allocator
 from ..object_store.arena import Arena
@@ -61,6 +62,9 @@ class Node(NodeServices, NodeActors, NodePlacement, NodeMemory, NodeLineage):
         self.arena = Arena.create(object_store_memory)
         self.allocator = Allocator(object_store_memory)
         self.resident: OrderedDict = OrderedDict()   # ids in shared memory, LRU first
+        self.memory_waiters: deque = deque()          # allocations/tasks waiting for room
+        self.memory_retry_pending = False
+        self.store_full_timeout = config.get("object_store_full_timeout_s")
         self.spill = (SpillDirectory(config.get("object_spilling_directory"))
                       if config.get("object_spilling") else None)
         self.objects = ObjectTable()
@@ -138,6 +142,9 @@ class Node(NodeServices, NodeActors, NodePlacement, NodeMemory, NodeLineage):
                     self._release_value(oid, value)
                 for inner in value[2]:
                     objects.unpin(inner, freed)
+            if oid[12] & 0x80:      # a mapped count reached zero: that object may spill now
+                self._memory_released()
+                continue
             if objects.entries.get(oid) is e:    # evicted: lineage keeps the entry
                 e.value = None
                 e.expected = False
@@ -177,7 +184,7 @@ class Node(NodeServices, NodeActors, NodePlacement, NodeMemory, NodeLineage):
         self.tasks[tid] = rec
         objects = self.objects
         for rid in spec.return_ids():
-            objects.expect(rid)
+            objects.expect(rid, spec.name)
         if spec.num_returns == STREAMING:
             rec.gen = self.generators[tid] = GeneratorState()
         for _, dep in spec.deps:
@@ -329,7 +336,11 @@ class Node(NodeServices, NodeActors, NodePlacement, NodeMemory, NodeLineage):
         if not rec.spec.deps:
             return True
         entries = self.objects.entries
-        return all(entries[dep].value[0] == m.INLINE for _, dep in rec.spec.deps)
+        for _, dep in rec.spec.deps:
+            value = entries[dep].value
+            if value is None or value[0] != m.INLINE:
+                return False
+        return True
 
     def _pipeline_target(self, key):
         best = None
@@ -352,14 +363,14 @@ class Node(NodeServices, NodeActors, NodePlacement, NodeMemory, NodeLineage):
         rec.worker = w
         rec.started_at = time.monotonic()    # the memory monitor kills the newest first
         w.inflight[spec.task_id] = rec
+        dep_values = self._ship_args(w, rec)
+        if dep_values is None:
+            return
         fid = spec.function_id
         blob = None
         if fid is not None and fid not in w.functions:
             blob = self.functions.get(fid)
             w.functions.add(fid)
-        dep_values = self._ship_args(w, rec)
-        if dep_values is None:
-            return
         lease = w.lease
         assigned = None
         if lease is not None and (lease.gpu_ids or rec.request):
@@ -376,25 +387,33 @@ class Node(NodeServices, NodeActors, NodePlacement, NodeMemory, NodeLineage):
         deps = rec.spec.deps
         for _, dep in deps:
             e = entries[dep]
-            if e.value[0] == m.SPILLED:
+            if e.value is not None and e.value[0] == m.SPILLED:
                 self._restore_or_rebuild(dep, e)
-        rebuilding = [dep for _, dep in deps if entries[dep].value is None]
+        rebuilding = {dep for _, dep in deps if entries[dep].value is None}
         if rebuilding:           # a lost argument is being made again: wait for it
             w.inflight.pop(rec.spec.task_id)
             rec.state = WAITING_DEPS
-            rec.worker = None
             rec.deps_left = len(rebuilding)
             for dep in rebuilding:
                 self.objects.add_waiter(dep, lambda oid, e, rec=rec: self._dep_ready(rec))
-            self._worker_maybe_idle(w)
+            if rec.spec.kind == ACTOR_CALL:
+                w.actor.queue.appendleft(rec)
+            else:
+                rec.worker = None
+                self._worker_maybe_idle(w)
             return None
         failed = next((v for _, dep in deps if (v := entries[dep].value)[0] == m.ERROR), None)
         out = []
+        wait = False
         if failed is None:
             for key, dep in deps:
                 value = entries[dep].value
                 if value[0] != m.INLINE:
-                    value = self._ship(dep, value, w)
+                    try:
+                        value = self._ship(dep, value, w, raise_full=True)
+                    except ObjectStoreFullError as err:
+                        wait = rec.spec.kind == TASK and getattr(err, "waitable", False)
+                        value = self._error_value(err)
                     if value[0] == m.ERROR:     # a spilled copy could not be restored
                         failed = value
                         break
@@ -405,7 +424,12 @@ class Node(NodeServices, NodeActors, NodePlacement, NodeMemory, NodeLineage):
             if value[0] == m.SHM:
                 self._unship(dep, w)
         w.inflight.pop(rec.spec.task_id)
-        self._finish(rec, failed)
+        if wait:     # no room to read an argument back yet: wait until there is
+            rec.state = WAITING_DEPS
+            rec.worker = None
+            self._wait_for_memory(("task", rec))
+        else:
+            self._finish(rec, failed)
         self._worker_maybe_idle(w)
         return None
 
@@ -790,6 +814,7 @@ class Node(NodeServices, NodeActors, NodePlacement, NodeMemory, NodeLineage):
             w.held.clear()
             for offset in w.allocs:     # written but never reported: nobody can read it
                 self.allocator.free(offset)
+                self._memory_released()
             w.allocs.clear()
             self._free(freed)
             self._schedule()

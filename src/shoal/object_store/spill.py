@@ -32,8 +32,14 @@ class SpillDirectory:
             done = 0
             while done < len(data):
                 done += os.write(fd, data[done:])
-        finally:
+        except BaseException:
             os.close(fd)
+            try:
+                os.unlink(path)     # half a file helps nobody
+            except OSError:
+                pass
+            raise
+        os.close(fd)
         self.bytes += len(data)
         self.spilled_total += len(data)
         return path

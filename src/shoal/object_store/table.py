@@ -39,7 +39,7 @@ class Lineage:
 
 class ObjectEntry:
     __slots__ = ("value", "refs", "pins", "waiters", "shm_offset", "expected", "lineage",
-                 "lineage_pins")
+                 "lineage_pins", "maker")
 
     def __init__(self):
         self.expected = False    # a task or put will produce it (else only refs named it)
@@ -50,6 +50,7 @@ class ObjectEntry:
         self.shm_offset = None
         self.lineage = None      # the Lineage that can rebuild it, if any
         self.lineage_pins = 0    # finished tasks' specs that name it as an argument
+        self.maker = None        # the name of the task that makes it (for memory reports)
 
 
 class ObjectTable:
@@ -68,9 +69,12 @@ class ObjectTable:
             e = self.entries[object_id] = ObjectEntry()
         return e
 
-    def expect(self, object_id: bytes) -> None:
-        """A task that produces ``object_id`` was submitted."""
-        self.ensure(object_id).expected = True
+    def expect(self, object_id: bytes, maker: str | None = None) -> None:
+        """A task that produces ``object_id`` (called ``maker``) was submitted."""
+        e = self.ensure(object_id)
+        e.expected = True
+        if maker is not None:
+            e.maker = maker
 
     def is_lost(self, object_id: bytes) -> bool:
         """No value and nothing will produce one: the ref outlived its object
