@@ -40,6 +40,7 @@ class Workload:
     target: float  # shoal's target on a 2-core machine, num_cpus=2
     warmup: int = 1  # untimed calls of measure() before the timed ones
     fresh_process: bool = False  # one measurement per process; does its own init
+    init_kwargs: Optional[dict] = None  # extra ray.init() arguments
     setup: Optional[Callable] = None  # setup(ray) -> measure() -> float
     mp_setup: Optional[Callable] = None  # setup(pool) -> measure() -> float
 
@@ -54,12 +55,13 @@ class Workload:
 WORKLOADS: dict[str, Workload] = {}
 
 
-def workload(name, unit, target, higher_is_better=False, warmup=1, fresh_process=False):
+def workload(name, unit, target, higher_is_better=False, warmup=1, fresh_process=False,
+             init_kwargs=None):
     """Register ``setup(ray) -> measure``; measure() returns one number in ``unit``."""
 
     def register(setup):
         WORKLOADS[name] = Workload(name, unit, higher_is_better, target, warmup,
-                                   fresh_process, setup=setup)
+                                   fresh_process, init_kwargs, setup=setup)
         return setup
 
     return register
@@ -106,8 +108,8 @@ def _add_list(xs):
 # a measure() closure that returns one number in the workload's unit.
 
 
-def ray_init(ray):
-    kwargs = {"num_cpus": NUM_CPUS}
+def ray_init(ray, **extra):
+    kwargs = {"num_cpus": NUM_CPUS, **extra}
     if ray.__name__ == "ray":
         kwargs["include_dashboard"] = False
     ray.init(**kwargs)
@@ -298,6 +300,82 @@ def map_reduce_pool(pool):
     return measure
 
 
+PG_ROUNDS = 200
+
+
+@workload("placement group create+remove", "/s", target=2000, higher_is_better=True)
+def placement_group_create_remove(ray):
+    """Create a 2-bundle group, wait until it is placed, remove it; one at a
+    time. Bundles are small so that no round waits for the previous one's
+    resources to come back (Ray returns them asynchronously, ~1 s)."""
+    util = ray.util
+
+    def measure():
+        t0 = now()
+        for _ in range(PG_ROUNDS):
+            pg = util.placement_group([{"CPU": 0.01}, {"CPU": 0.01}], strategy="PACK")
+            ray.get(pg.ready())
+            util.remove_placement_group(pg)
+        return PG_ROUNDS / (now() - t0)
+
+    return measure
+
+
+SPILL_STORE = 300 * MB
+SPILL_OBJECTS = 10   # of 100 MB: 1 GB through a 300 MB store
+
+
+@workload("spill+restore 1GB via 300MB store", "GB/s", target=0.5, higher_is_better=True,
+          init_kwargs={"object_store_memory": SPILL_STORE})
+def spill_restore(ray):
+    import numpy as np
+
+    arrays = [np.full(100 * MB, i, dtype=np.uint8) for i in range(SPILL_OBJECTS)]
+
+    def measure():
+        t0 = now()
+        refs = [ray.put(a) for a in arrays]         # the store overflows to disk
+        for i, ref in enumerate(refs):              # and every object comes back
+            out = ray.get(ref)
+            assert out[0] == i and out[-1] == i
+            del out
+        dt = now() - t0
+        del refs
+        return SPILL_OBJECTS * 100 * MB / dt / 1e9
+
+    return measure
+
+
+QUEUED_TASKS = 100_000
+
+
+@workload("100k queued tasks: driver memory", "MB", target=200, warmup=0, fresh_process=True)
+def queued_tasks_memory(ray):
+    """The driver process's RSS growth while 100k tasks are submitted (a fresh
+    process each time: freed memory stays in the allocator and would hide
+    the next measurement). Ray's raylet holds part of its queue outside the
+    driver, which this row does not count."""
+    import psutil
+
+    @ray.remote
+    def f(i):
+        return i
+
+    def measure():
+        ray_init(ray)
+        ray.get(f.remote(0))
+        proc = psutil.Process()
+        before = proc.memory_info().rss
+        refs = [f.remote(i) for i in range(QUEUED_TASKS)]
+        grown = proc.memory_info().rss - before
+        assert ray.get(refs[-1]) == QUEUED_TASKS - 1
+        del refs
+        shutdown(ray, quiet=False)
+        return grown / MB
+
+    return measure
+
+
 # --------------------------------------------------------------------------
 
 
@@ -333,7 +411,7 @@ def run(system: str, name: str, reps: int) -> dict:
         if w.fresh_process:
             samples = [w.setup(ray)()]
         else:
-            ray_init(ray)
+            ray_init(ray, **(w.init_kwargs or {}))
             samples = measure_n(w.setup(ray), w.warmup, reps)
     except BaseException:
         shutdown(ray)  # best effort; the workload's own error is the one reported

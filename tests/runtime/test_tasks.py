@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import shoal
-from tests.conftest import touch, wait_for_file
+from tests.conftest import touch, wait_for, wait_for_file
 from shoal.exceptions import GetTimeoutError
 
 
@@ -234,3 +234,27 @@ def test_extra_workers_started_for_blocked_tasks_retire_when_idle(monkeypatch):
         assert shoal.get(add.remote(1, 1)) == 2
     finally:
         shoal.shutdown()
+
+
+@pytest.mark.cluster(num_cpus=2)
+def test_nested_submitters_take_turns(shoal_cluster, tmp_path):
+    """A parent with a long backlog of children does not hold back a second
+    parent's few children: submitters take turns for the workers."""
+    @shoal.remote
+    def leaf(tag, gate):
+        wait_for_file(gate)
+        return tag
+
+    @shoal.remote(num_cpus=0)
+    def parent(tag, n, gate):
+        return shoal.get([leaf.remote(tag, gate) for _ in range(n)])
+
+    gate = str(tmp_path / "gate")
+    big = parent.remote("a", 300, gate)
+    wait_for(lambda: shoal.available_resources().get("CPU", 0) == 0)
+    small = parent.remote("b", 6, gate)
+    touch(gate)
+    assert shoal.get(small, timeout=60) == ["b"] * 6
+    done, _ = shoal.wait([big], timeout=0)
+    assert not done, "the small parent's children waited behind the whole backlog"
+    assert shoal.get(big, timeout=60) == ["a"] * 300

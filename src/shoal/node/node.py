@@ -179,7 +179,8 @@ class Node(NodeServices, NodeActors, NodePlacement, NodeMemory, NodeLineage):
 
     def _submit(self, spec: TaskSpec, client) -> None:
         request = NodeResources.quantize(spec.resources) if spec.resources else {}
-        rec = TaskRecord(spec, request, tuple(sorted(request.items())))
+        # queued per submitter and shape: submitters take turns (_schedule_pass)
+        rec = TaskRecord(spec, request, (spec.parent_id,) + tuple(sorted(request.items())))
         tid = spec.task_id
         self.tasks[tid] = rec
         objects = self.objects
@@ -215,7 +216,7 @@ class Node(NodeServices, NodeActors, NodePlacement, NodeMemory, NodeLineage):
                 or (parent is not None and parent.spec.kind == ACTOR_CALL):
             rec.placement, err = self._resolve_strategy(spec, parent)
             if rec.placement is not None:
-                rec.key = (rec.placement[:2],) + rec.key
+                rec.key = rec.key[:1] + (rec.placement[:2],) + rec.key[1:]
         if spec.kind == ACTOR_CREATE:
             actor = ActorRecord(spec, request)
             actor.placement = rec.placement
@@ -291,43 +292,67 @@ class Node(NodeServices, NodeActors, NodePlacement, NodeMemory, NodeLineage):
             self._place_pending_pgs()
         if self.pending_actors:
             self._schedule_actors()
-        for key in list(self.queues):
-            q = self.queues[key]
-            while q:
-                rec = q[0]
-                if rec.state != QUEUED:
-                    q.popleft()
-                    continue
-                if rec.placement is None:
-                    assignment = self.resources.try_acquire(rec.request)
-                else:
-                    assignment = self._acquire(rec.placement, rec.request)
-                    if assignment is GONE:
-                        q.popleft()
-                        self._finish(rec, self._pg_removed_value(rec))
-                        continue
-                if assignment is not None:
-                    w = self.idle.pop() if self.idle else None
-                    if w is not None:
-                        q.popleft()
-                        w.state = BUSY
-                        w.lease, w.lease_key = assignment, key
-                        self.leased.setdefault(key, []).append(w)
-                        self._execute(w, rec)
-                        continue
-                    # resources are free, only a worker is missing: wait for one
-                    # rather than queue behind a busy worker
-                    assignment.pool.release(assignment)
-                    free_cpus = assignment.pool.available.get("CPU", 0) // 10000
-                    self._want_workers(min(len(q), max(1, free_cpus)))
-                    break
-                w = self._pipeline_target(key)
-                if w is None or not self._pipelinable(rec):
-                    break
+        queues = self.queues
+        if len(queues) == 1 or len({key[0] for key in queues}) == 1:
+            # one submitter: drain its queues in turn (the hot path)
+            for key, q in list(queues.items()):
+                while q and self._dispatch_one(key, q, True):
+                    pass
+                if not q and queues.get(key) is q:
+                    del queues[key]
+            return
+        # several submitters (or shapes): one task each per round, so that a
+        # long backlog from one cannot hold back the others; no pipelining
+        # onto busy workers then, which would keep them leased to one submitter
+        progress = True
+        while progress:
+            progress = False
+            for key, q in list(queues.items()):
+                if q and self._dispatch_one(key, q, False):
+                    progress = True
+                    if queues.get(key) is q:
+                        queues[key] = queues.pop(key)    # served: to the back of the line
+                if not q and queues.get(key) is q:
+                    del queues[key]
+
+    def _dispatch_one(self, key, q: deque, pipeline: bool) -> bool:
+        """Start (or settle) the task at the head of ``q``; False when it
+        must wait for resources or a worker."""
+        rec = q[0]
+        if rec.state != QUEUED:
+            q.popleft()
+            return True
+        if rec.placement is None:
+            assignment = self.resources.try_acquire(rec.request)
+        else:
+            assignment = self._acquire(rec.placement, rec.request)
+            if assignment is GONE:
                 q.popleft()
+                self._finish(rec, self._pg_removed_value(rec))
+                return True
+        if assignment is not None:
+            w = self.idle.pop() if self.idle else None
+            if w is not None:
+                q.popleft()
+                w.state = BUSY
+                w.lease, w.lease_key = assignment, key
+                self.leased.setdefault(key, []).append(w)
                 self._execute(w, rec)
-            if not q and self.queues.get(key) is q:
-                del self.queues[key]
+                return True
+            # resources are free, only a worker is missing: wait for one
+            # rather than queue behind a busy worker
+            assignment.pool.release(assignment)
+            free_cpus = assignment.pool.available.get("CPU", 0) // 10000
+            self._want_workers(min(len(q), max(1, free_cpus)))
+            return False
+        if not pipeline:
+            return False
+        w = self._pipeline_target(key)
+        if w is None or not self._pipelinable(rec):
+            return False
+        q.popleft()
+        self._execute(w, rec)
+        return True
 
     def _pipelinable(self, rec: TaskRecord) -> bool:
         """Only tasks with small arguments wait on a busy worker: shipping

@@ -22,7 +22,7 @@ class TaskRecord:
         self.worker = None
         self.deps_left = 0
         self.request = request      # quantized resources
-        self.key = key              # resource shape, for queueing and pipelining
+        self.key = key              # (submitter, [placement,] resource shape...): its queue
         self.cancelled = False
         self.children = None
         self.gen = None             # GeneratorState for streaming tasks
