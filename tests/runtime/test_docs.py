@@ -1,4 +1,4 @@
-"""Every python block in docs/api.md runs, each in a fresh interpreter."""
+"""Every python block in the user docs runs, each in a fresh interpreter."""
 from __future__ import annotations
 
 import pathlib
@@ -8,14 +8,18 @@ import sys
 
 import pytest
 
-DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "api.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
+DOCS = pathlib.Path(__file__).resolve().parents[2] / "docs"
+PAGES = ["api.md", "util.md", "scheduling.md", "memory.md"]
+BLOCKS = [(page, i, block) for page in PAGES
+          for i, block in enumerate(re.findall(r"```python\n(.*?)```",
+                                               (DOCS / page).read_text(), flags=re.S))]
 
 
-@pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_api_doc_example_runs(index, tmp_path):
+@pytest.mark.parametrize("page, index, block", BLOCKS,
+                         ids=[f"{page}-{i}" for page, i, _ in BLOCKS])
+def test_doc_example_runs(page, index, block, tmp_path):
     script = tmp_path / "example.py"
-    script.write_text(BLOCKS[index])
+    script.write_text(block)
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           timeout=90, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, f"{page} block {index}:\n{proc.stderr[-3000:]}"

@@ -29,9 +29,7 @@ from ..transport import messages as m
 
 
 class NodeLineage:
-    def _keep_lineage(self, rec, results: list) -> None:
-        if not any(value[0] == m.SHM for _, value in results):
-            return
+    def _keep_lineage(self, rec) -> None:
         entries = self.objects.entries
         live = [entries[oid] for oid in rec.spec.return_ids() if oid in entries]
         if not live:

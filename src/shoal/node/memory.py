@@ -256,7 +256,9 @@ class NodeMemory:
 
     def _ship_many(self, ids, client) -> list:
         entries = self.objects.entries
-        return [self._ship(oid, entries[oid].value, client) for oid in ids]
+        ship = self._ship
+        return [v if (v := entries[oid].value)[0] == m.INLINE else ship(oid, v, client)
+                for oid in ids]
 
     def _release_value(self, oid: bytes | None, value: tuple) -> None:
         """The memory or file behind a value nobody will read again."""

@@ -408,8 +408,10 @@ class Node(NodeServices, NodeActors, NodePlacement, NodeMemory, NodeLineage):
     def _ship_args(self, w, rec: TaskRecord) -> list | None:
         """The task's argument values for worker ``w``; None when one of them
         failed (the task then fails with that error, without running)."""
-        entries = self.objects.entries
         deps = rec.spec.deps
+        if not deps:
+            return deps
+        entries = self.objects.entries
         for _, dep in deps:
             e = entries[dep]
             if e.value is not None and e.value[0] == m.SPILLED:
@@ -715,12 +717,15 @@ class Node(NodeServices, NodeActors, NodePlacement, NodeMemory, NodeLineage):
         self.objects.release_if_unheld(oid, freed)
 
     def _finish_with(self, rec: TaskRecord, results: list, freed: list) -> None:
+        in_shm = False
         for oid, value in results:
             self._store(oid, value, freed)
+            if value[0] == m.SHM:
+                in_shm = True
         spec = rec.spec
-        if spec.kind == TASK and spec.max_retries != 0 and spec.num_returns != STREAMING \
-                and rec.retries_left != 0:
-            self._keep_lineage(rec, results)
+        if in_shm and spec.kind == TASK and spec.max_retries != 0 \
+                and spec.num_returns != STREAMING and rec.retries_left != 0:
+            self._keep_lineage(rec)
         self._task_ended(rec, freed)
 
     def _finish(self, rec: TaskRecord, value: tuple) -> None:
