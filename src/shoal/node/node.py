@@ -19,9 +19,7 @@ import time
 from collections import OrderedDict, deque
 
 from .. import config
-from ..exceptions import (ActorDiedError, InfeasibleTaskError, ObjectLostError,
-                          ObjectStoreFullError, ShoalError,
-                          TaskCancelledError, WorkerCrashedError)
+from ..exceptions import ObjectLostError, ShoalError
 from ..object_store.allocator import Allocator
 from ..object_store.arena import Arena
 from ..object_store.spill import SpillDirectory
@@ -32,24 +30,27 @@ from ..scheduler.task import (ACTOR_CALL, ACTOR_CREATE, STREAMING, TASK, TaskSpe
 from ..serialization import pack_inline, serialize
 from ..transport import messages as m
 from ..transport.framing import ConnectionClosed
-from .actors import ActorRecord, NodeActors, DEAD
+from .actors import ActorRecord, NodeActors
 from .lineage import NodeLineage
-from .memory import NodeMemory
-from .placement import GONE, NodePlacement
-from .logs import StreamRelay
 from .loop import EventLoop
+from .memory import NodeMemory
 from .memory_monitor import MemoryMonitor
-from .records import FINISHED, QUEUED, RUNNING, WAITING_DEPS, GeneratorState, TaskRecord
-from .services import DRIVER, NodeServices
-from .workers import BUSY, IDLE, STARTING, spawn_worker
+from .placement import NodePlacement
+from .pool import NodeWorkerPool
+from .records import FINISHED, WAITING_DEPS, GeneratorState, TaskRecord
+from .scheduling import NodeScheduling
+from .services import NodeServices
 
 
-class Node(NodeServices, NodeActors, NodePlacement, NodeMemory, NodeLineage):
-    """One machine's runtime. Its methods are split by concern over five
-    files: this one (tasks, scheduling, workers, messages, shutdown),
-    services.py (requests clients wait on), actors.py (actor lifecycle),
-    placement.py (placement groups and scheduling strategies) and memory.py
-    (shared memory, spilling, what is shipped to whom)."""
+class Node(NodeScheduling, NodeWorkerPool, NodeServices, NodeActors, NodePlacement, NodeMemory,
+           NodeLineage):
+    """One machine's runtime. Its methods are split by concern: this file
+    (state, refs and freeing, messages from workers, results, shutdown),
+    scheduling.py (submitting and scheduling tasks), pool.py (worker
+    processes and their deaths), services.py (requests clients wait on),
+    actors.py (actor lifecycle), placement.py (placement groups and
+    strategies), memory.py (shared memory, spilling, shipping values) and
+    lineage.py (rebuilding lost objects)."""
 
     def __init__(self, resources: dict[str, float], object_store_memory: int,
                  log_to_driver: bool, namespace: str, job_id: bytes, node_id: bytes):
@@ -169,297 +170,7 @@ class Node(NodeServices, NodeActors, NodePlacement, NodeMemory, NodeLineage):
         if value[0] == m.SHM:
             self.allocator.free(value[1][0])
 
-    # ------------------------------------------------------------ submitting
-    def submit(self, spec: TaskSpec, client=DRIVER) -> None:
-        with self.lock:
-            freed: list = []
-            self._apply_local_deltas(freed)
-            self._submit(spec, client)
-            self._free(freed)
-
-    def _submit(self, spec: TaskSpec, client) -> None:
-        request = NodeResources.quantize(spec.resources) if spec.resources else {}
-        # queued per submitter and shape: submitters take turns (_schedule_pass)
-        rec = TaskRecord(spec, request, (spec.parent_id,) + tuple(sorted(request.items())))
-        tid = spec.task_id
-        self.tasks[tid] = rec
-        objects = self.objects
-        for rid in spec.return_ids():
-            objects.expect(rid, spec.name)
-        if spec.num_returns == STREAMING:
-            rec.gen = self.generators[tid] = GeneratorState()
-        for _, dep in spec.deps:
-            objects.pin(dep)
-        for inner in spec.contained:
-            objects.pin(inner)
-        parent = None
-        if spec.parent_id is not None:
-            parent = self.tasks.get(spec.parent_id)
-            if parent is not None:
-                if parent.children is None:
-                    parent.children = []
-                parent.children.append(tid)
-        if spec.kind == ACTOR_CALL:
-            actor = self.actors.get(spec.actor_id)
-            objects.pin(object_id_for(spec.actor_id, 1))
-            if actor is None or actor.state == DEAD:
-                self._finish(rec, self._error_value(ActorDiedError(
-                    actor.death_message() if actor else "The actor does not exist.",
-                    spec.actor_id.hex())))
-                return
-            self._wait_deps(rec)
-            actor.queue.append(rec)
-            self._pump_actor(actor)
-            return
-        err = None
-        if spec.options is not None or (parent is not None and parent.placement is not None) \
-                or (parent is not None and parent.spec.kind == ACTOR_CALL):
-            rec.placement, err = self._resolve_strategy(spec, parent)
-            if rec.placement is not None:
-                rec.key = rec.key[:1] + (rec.placement[:2],) + rec.key[1:]
-        if spec.kind == ACTOR_CREATE:
-            actor = ActorRecord(spec, request)
-            actor.placement = rec.placement
-            self.actors[spec.task_id] = actor
-            if actor.detached:
-                objects.pin(actor.handle_id)
-        if err is None and rec.placement is None:
-            reason = self.resources.infeasible_reason(request)
-            if reason is not None:
-                err = InfeasibleTaskError(
-                    f"{spec.name} cannot be scheduled: {reason}. Lower its resource request or "
-                    f"start shoal with more (shoal.init(num_cpus=..., num_gpus=..., resources=...)).")
-        if err is not None:
-            if self.fail_infeasible or not isinstance(err, InfeasibleTaskError):
-                if spec.kind == ACTOR_CREATE:
-                    self._actor_dead(self.actors[tid], str(err))
-                self._finish(rec, self._error_value(err))
-                return
-        self._wait_deps(rec)
-        if rec.deps_left == 0:
-            self._ready(rec)
-
-    def _wait_deps(self, rec: TaskRecord) -> None:
-        objects = self.objects
-        for _, dep in rec.spec.deps:
-            e = objects.get(dep)
-            if e is None or e.value is None:
-                if objects.is_lost(dep):
-                    objects.set_value(dep, self._lost_value(dep))
-                    continue
-                rec.deps_left += 1
-                objects.add_waiter(dep, lambda oid, e, rec=rec: self._dep_ready(rec))
-
-    def _dep_ready(self, rec: TaskRecord) -> None:
-        rec.deps_left -= 1
-        if rec.deps_left == 0 and rec.state == WAITING_DEPS:
-            if rec.spec.kind == ACTOR_CALL:
-                actor = self.actors.get(rec.spec.actor_id)
-                if actor is not None:
-                    self._pump_actor(actor)
-            else:
-                self._ready(rec)
-
-    def _ready(self, rec: TaskRecord) -> None:
-        rec.state = QUEUED
-        if rec.spec.kind == ACTOR_CREATE:
-            self.pending_actors.append(self.actors[rec.spec.task_id])
-        else:
-            q = self.queues.get(rec.key)
-            if q is None:
-                q = self.queues[rec.key] = deque()
-            q.append(rec)
-        self._schedule()
-
-    # ------------------------------------------------------------ scheduling
-    def _schedule(self) -> None:
-        """Start what can start. Re-entrant calls (starting a task can submit
-        another: a lineage rebuild) only ask the running pass for another round."""
-        if self.scheduling:
-            self.schedule_again = True
-            return
-        self.scheduling = True
-        try:
-            self.schedule_again = True
-            while self.schedule_again:
-                self.schedule_again = False
-                self._schedule_pass()
-        finally:
-            self.scheduling = False
-
-    def _schedule_pass(self) -> None:
-        if self.pending_pgs:
-            self._place_pending_pgs()
-        if self.pending_actors:
-            self._schedule_actors()
-        queues = self.queues
-        if len(queues) == 1 or len({key[0] for key in queues}) == 1:
-            # one submitter: drain its queues in turn (the hot path)
-            for key, q in list(queues.items()):
-                while q and self._dispatch_one(key, q, True):
-                    pass
-                if not q and queues.get(key) is q:
-                    del queues[key]
-            return
-        # several submitters (or shapes): one task each per round, so that a
-        # long backlog from one cannot hold back the others; no pipelining
-        # onto busy workers then, which would keep them leased to one submitter
-        progress = True
-        while progress:
-            progress = False
-            for key, q in list(queues.items()):
-                if q and self._dispatch_one(key, q, False):
-                    progress = True
-                    if queues.get(key) is q:
-                        queues[key] = queues.pop(key)    # served: to the back of the line
-                if not q and queues.get(key) is q:
-                    del queues[key]
-
-    def _dispatch_one(self, key, q: deque, pipeline: bool) -> bool:
-        """Start (or settle) the task at the head of ``q``; False when it
-        must wait for resources or a worker."""
-        rec = q[0]
-        if rec.state != QUEUED:
-            q.popleft()
-            return True
-        if rec.placement is None:
-            assignment = self.resources.try_acquire(rec.request)
-        else:
-            assignment = self._acquire(rec.placement, rec.request)
-            if assignment is GONE:
-                q.popleft()
-                self._finish(rec, self._pg_removed_value(rec))
-                return True
-        if assignment is not None:
-            w = self.idle.pop() if self.idle else None
-            if w is not None:
-                q.popleft()
-                w.state = BUSY
-                w.lease, w.lease_key = assignment, key
-                self.leased.setdefault(key, []).append(w)
-                self._execute(w, rec)
-                return True
-            # resources are free, only a worker is missing: wait for one
-            # rather than queue behind a busy worker
-            assignment.pool.release(assignment)
-            free_cpus = assignment.pool.available.get("CPU", 0) // 10000
-            self._want_workers(min(len(q), max(1, free_cpus)))
-            return False
-        if not pipeline:
-            return False
-        w = self._pipeline_target(key)
-        if w is None or not self._pipelinable(rec):
-            return False
-        q.popleft()
-        self._execute(w, rec)
-        return True
-
-    def _pipelinable(self, rec: TaskRecord) -> bool:
-        """Only tasks with small arguments wait on a busy worker: shipping
-        shared-memory arguments maps them, and mapped objects cannot be
-        spilled while the task waits its turn."""
-        if not rec.spec.deps:
-            return True
-        entries = self.objects.entries
-        for _, dep in rec.spec.deps:
-            value = entries[dep].value
-            if value is None or value[0] != m.INLINE:
-                return False
-        return True
-
-    def _pipeline_target(self, key):
-        best = None
-        for w in self.leased.get(key, ()):
-            n = len(w.inflight)
-            if not w.blocked and n < self.pipeline_depth and (best is None or n < len(best.inflight)):
-                best = w
-        return best
-
-    def _want_workers(self, backlog: int) -> None:
-        """Have ``backlog`` workers starting (at most one per CPU at a time)."""
-        limit = self.target_pool
-        if self.starting < min(backlog, limit):
-            self.loop.call_soon(self._grow_pool, min(backlog, limit) - self.starting)
-            self.starting = min(backlog, limit)
-
-    def _execute(self, w, rec: TaskRecord) -> None:
-        spec = rec.spec
-        rec.state = RUNNING
-        rec.worker = w
-        rec.started_at = time.monotonic()    # the memory monitor kills the newest first
-        w.inflight[spec.task_id] = rec
-        dep_values = self._ship_args(w, rec)
-        if dep_values is None:
-            return
-        fid = spec.function_id
-        blob = None
-        if fid is not None and fid not in w.functions:
-            blob = self.functions.get(fid)
-            w.functions.add(fid)
-        lease = w.lease
-        assigned = None
-        if lease is not None and (lease.gpu_ids or rec.request):
-            assigned = (lease.describe(), lease.gpu_ids)
-        elif w.actor is not None and w.actor.assignment is not None:
-            a = w.actor.assignment
-            assigned = (a.describe(), a.gpu_ids)
-        self._send(w, (m.EXECUTE, spec.to_wire(), blob, dep_values, assigned))
-
-    def _ship_args(self, w, rec: TaskRecord) -> list | None:
-        """The task's argument values for worker ``w``; None when one of them
-        failed (the task then fails with that error, without running)."""
-        deps = rec.spec.deps
-        if not deps:
-            return deps
-        entries = self.objects.entries
-        for _, dep in deps:
-            e = entries[dep]
-            if e.value is not None and e.value[0] == m.SPILLED:
-                self._restore_or_rebuild(dep, e)
-        rebuilding = {dep for _, dep in deps if entries[dep].value is None}
-        if rebuilding:           # a lost argument is being made again: wait for it
-            w.inflight.pop(rec.spec.task_id)
-            rec.state = WAITING_DEPS
-            rec.deps_left = len(rebuilding)
-            for dep in rebuilding:
-                self.objects.add_waiter(dep, lambda oid, e, rec=rec: self._dep_ready(rec))
-            if rec.spec.kind == ACTOR_CALL:
-                w.actor.queue.appendleft(rec)
-            else:
-                rec.worker = None
-                self._worker_maybe_idle(w)
-            return None
-        failed = next((v for _, dep in deps if (v := entries[dep].value)[0] == m.ERROR), None)
-        out = []
-        wait = False
-        if failed is None:
-            for key, dep in deps:
-                value = entries[dep].value
-                if value[0] != m.INLINE:
-                    try:
-                        value = self._ship(dep, value, w, raise_full=True)
-                    except ObjectStoreFullError as err:
-                        wait = rec.spec.kind == TASK and getattr(err, "waitable", False)
-                        value = self._error_value(err)
-                    if value[0] == m.ERROR:     # a spilled copy could not be restored
-                        failed = value
-                        break
-                out.append((key, value))
-        if failed is None:
-            return out
-        for (_, value), (_, dep) in zip(out, deps):
-            if value[0] == m.SHM:
-                self._unship(dep, w)
-        w.inflight.pop(rec.spec.task_id)
-        if wait:     # no room to read an argument back yet: wait until there is
-            rec.state = WAITING_DEPS
-            rec.worker = None
-            self._wait_for_memory(("task", rec))
-        else:
-            self._finish(rec, failed)
-        self._worker_maybe_idle(w)
-        return None
-
+    # ------------------------------------------------------------- sending
     def _send(self, w, message: tuple) -> None:
         if w.conn.queue(message):
             self.loop.call_soon(self._watch_writable, w)
@@ -479,86 +190,6 @@ class Node(NodeServices, NodeActors, NodePlacement, NodeMemory, NodeLineage):
             os.kill(w.pid, signal.SIGUSR1)
         except ProcessLookupError:
             pass
-
-    def _worker_maybe_idle(self, w) -> None:
-        if w.inflight or w.actor is not None or w.state != BUSY:
-            return
-        if w.lease is not None:
-            if not w.blocked:
-                w.lease.pool.release(w.lease)
-            self.leased[w.lease_key].remove(w)
-            w.lease = w.lease_key = None
-        self._make_idle(w)
-        self._steal_for_idle()
-
-    def _make_idle(self, w) -> None:
-        w.state = IDLE
-        self.idle.append(w)
-        if len(self.idle) > self.target_pool and not w.retire_pending:
-            w.retire_pending = True
-            self.loop.call_later(self.idle_timeout, self._retire_if_idle, w)
-
-    def _steal_for_idle(self) -> None:
-        """Idle workers and nothing queued: take back tasks waiting behind a
-        running one on another worker (they may wait behind a long task)."""
-        if not self.idle or any(self.queues.values()):
-            return
-        for workers in self.leased.values():
-            for w in workers:
-                if len(w.inflight) > 1 and not w.blocked:
-                    queued = [t for t in list(w.inflight)[1:] if t not in w.revoking]
-                    if queued:
-                        w.revoking.update(queued)
-                        self._send(w, (m.REVOKE, queued))
-                        self._nudge(w)
-
-    def _retire_if_idle(self, w) -> None:
-        w.retire_pending = False
-        with self.lock:
-            if w.state == IDLE and w in self.idle and len(self.idle) > self.target_pool:
-                self.idle.remove(w)
-                w.state = "retiring"
-                self._send(w, (m.EXIT,))
-
-    # ---------------------------------------------------------- worker pool
-    def _grow_pool(self, n: int) -> None:
-        """Start ``n`` workers (loop thread only: see loop.py on PDEATHSIG)."""
-        for _ in range(n):
-            if self.stopped:
-                return
-            try:
-                w = spawn_worker(os.urandom(8), self.arena.fd, self.arena.size, self.worker_env)
-            except OSError as e:
-                with self.lock:
-                    self.starting = max(0, self.starting - 1)
-                self.loop.on_error and self.loop.on_error(e)
-                return
-            with self.lock:
-                self.workers[w.worker_id] = w
-                self.procs.append(w.proc)
-                if self.stopped:
-                    w.conn.queue((m.EXIT,))
-            self.loop.add_reader(w.conn.fileno(), self._on_readable, w)
-            for fd, to_err in ((w.proc.stdout.fileno(), False), (w.proc.stderr.fileno(), True)):
-                os.set_blocking(fd, False)
-                relay = StreamRelay(fd, w.pid, to_err, self.log_to_driver)
-                self.relays.append(relay)
-                w.relays.append(relay)
-                self.loop.add_reader(fd, self._on_output, (w, relay))
-            self.loop.call_later(config.get("worker_start_timeout_s"), self._check_started, w)
-
-    def _check_started(self, w) -> None:
-        if w.state == STARTING and w.proc.poll() is None:
-            w.proc.kill()   # never connected; its EOF cleans up
-
-    def _on_output(self, arg) -> None:
-        w, relay = arg
-        if relay.read() is False:
-            self.loop.remove(relay.fd)
-            w.out_pipes -= 1
-            with self.lock:
-                if relay in self.relays:
-                    self.relays.remove(relay)
 
     # ------------------------------------------------------------- messages
     def _on_readable(self, w) -> None:
@@ -760,14 +391,6 @@ class Node(NodeServices, NodeActors, NodePlacement, NodeMemory, NodeLineage):
             rec.gen.done = True
             self._wake_generator(rec)
 
-    def _requeue(self, rec: TaskRecord) -> None:
-        rec.state = QUEUED
-        rec.worker = None
-        q = self.queues.get(rec.key)
-        if q is None:
-            q = self.queues[rec.key] = deque()
-        q.appendleft(rec)
-
     def _lost_value(self, oid: bytes) -> tuple:
         return self._error_value(ObjectLostError(
             f"object {oid.hex()} is lost: its value was freed when no reference to it "
@@ -777,79 +400,6 @@ class Node(NodeServices, NodeActors, NodePlacement, NodeMemory, NodeLineage):
     def _error_value(self, err: BaseException) -> tuple:
         data, layout = pack_inline(serialize(err))
         return (m.ERROR, (data, layout), ())
-
-    # ---------------------------------------------------------------- death
-    def _on_worker_lost(self, w) -> None:
-        self.loop.remove(w.conn.fileno())
-        exit_desc = w.describe_exit()
-        if w.oom is not None:     # the memory monitor killed it: say why, not just SIGKILL
-            exit_desc = w.oom.describe()
-        with self.lock:
-            w.conn.close()
-            self.workers.pop(w.worker_id, None)
-            if w.proc.poll() is not None and w.proc in self.procs:
-                self.procs.remove(w.proc)
-                for relay in w.relays:
-                    self.loop.remove(relay.fd)
-                    relay.drain()
-                    if relay in self.relays:
-                        self.relays.remove(relay)
-                for f in (w.proc.stdout, w.proc.stderr):
-                    f.close()
-            if w in self.idle:
-                self.idle.remove(w)
-            if w.state == STARTING:
-                self.starting = max(0, self.starting - 1)
-            freed: list = []
-            self._apply_local_deltas(freed)
-            for (client, rid) in [k for k in self.requests if k[0] is w]:
-                req = self.requests.pop((client, rid))
-                req.done = True
-                for oid in req.ids:
-                    self.objects.remove_waiter(oid, req.callback)
-                req.callback = None
-            if w.lease is not None:
-                if not w.blocked:
-                    w.lease.pool.release(w.lease)
-                self.leased[w.lease_key].remove(w)
-                w.lease = None
-            w.state = "dead"
-            if self.stopped:
-                return
-            for position, rec in enumerate(list(w.inflight.values())):
-                if rec.spec.kind == ACTOR_CALL or rec.spec.kind == ACTOR_CREATE:
-                    continue
-                if rec.cancelled:
-                    self._finish(rec, self._error_value(TaskCancelledError(
-                        f"task {rec.spec.name} was cancelled")))
-                elif rec.placement is not None and self._pg_gone(rec.placement):
-                    self._finish(rec, self._pg_removed_value(rec))
-                elif position > 0 or rec.spec.task_id in w.revoking:
-                    # queued behind the running task: it never started, costs no retry
-                    self._requeue(rec)
-                elif rec.retries_left != 0:
-                    if rec.retries_left > 0:
-                        rec.retries_left -= 1
-                    self._requeue(rec)
-                elif w.oom is not None:
-                    self._finish(rec, self._error_value(w.oom.error(rec.spec.max_retries)))
-                else:
-                    self._finish(rec, self._error_value(WorkerCrashedError(
-                        f"The worker running {rec.spec.name} (pid={w.pid}) died: {exit_desc}. "
-                        f"The task's retries (max_retries={rec.spec.max_retries}) are spent.")))
-            if w.actor is not None:
-                self._actor_worker_lost(w.actor, w, exit_desc)
-            for oid, n in w.held.items():
-                self.objects.remove_ref(oid, n, freed)
-            w.held.clear()
-            for offset in w.allocs:     # written but never reported: nobody can read it
-                self.allocator.free(offset)
-                self._memory_released()
-            w.allocs.clear()
-            self._free(freed)
-            self._schedule()
-            if len(self.idle) + self.starting == 0:
-                self._want_workers(1)
 
     # ------------------------------------------------------------- shutdown
     def stop(self) -> None:
