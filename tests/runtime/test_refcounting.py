@@ -124,7 +124,6 @@ def test_ten_thousand_tasks_passing_arrays_leave_the_store_and_table_empty(shoal
     tasks = 0
     batch = 0
     peak_entries = 0
-    start = time.monotonic()
     while tasks < 10_000:
         refs = []
         fetched = []
@@ -162,13 +161,11 @@ def test_ten_thousand_tasks_passing_arrays_leave_the_store_and_table_empty(shoal
         peak_entries = max(peak_entries, len(table()))
         del refs, fetched, ref
         batch += 1
-    elapsed = time.monotonic() - start
     assert got == expected
     assert tasks >= 10_000
     # each batch's objects are dropped before the next: the table never grows
     assert peak_entries < 1000, f"the object table reached {peak_entries} entries"
     wait_all_freed(timeout=10, what="10k tasks' objects to be freed")
-    assert elapsed < 60, f"10k tasks took {elapsed:.1f} s"
 
 
 def test_tasks_taken_back_from_a_worker_still_find_their_function(shoal_cluster):
