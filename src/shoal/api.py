@@ -6,11 +6,9 @@ work to this process's core (core/).
 from __future__ import annotations
 
 import atexit
-import glob
 import os
 import warnings
 
-import psutil
 
 from . import core as _core_mod
 from .actor import ActorClass, ActorHandle
@@ -37,13 +35,6 @@ class InitInfo(dict):
 
     def __exit__(self, *exc):
         shutdown()
-
-
-def _detect_gpus() -> int:
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
-    return len(glob.glob("/proc/driver/nvidia/gpus/*"))
 
 
 def init(address: str | None = None, *, num_cpus: int | None = None,
@@ -76,16 +67,10 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
             if not isinstance(resources, dict) or any(k in ("CPU", "GPU") for k in resources):
                 raise ValueError("resources must be a dict of custom resource names to amounts "
                                  "(use num_cpus/num_gpus for CPU and GPU)")
-        from . import config
         from .core.driver import DriverCore
+        from .node.machine import machine_resources
         from .node.node import Node
-        total_memory = psutil.virtual_memory().total
-        cpus = os.cpu_count() if num_cpus is None else num_cpus
-        gpus = _detect_gpus() if num_gpus is None else num_gpus
-        store = object_store_memory or int(total_memory * config.get("object_store_fraction"))
-        res = {"CPU": float(cpus), "GPU": float(gpus),
-               "memory": float(max(0, psutil.virtual_memory().available - store) * 0.7)}
-        res.update({k: float(v) for k, v in (resources or {}).items()})
+        res, store = machine_resources(num_cpus, num_gpus, resources, object_store_memory)
         ns = namespace or "anonymous-" + os.urandom(4).hex()
         node = Node(res, store, log_to_driver, ns, os.urandom(4), os.urandom(16))
         core = DriverCore(node, ns)

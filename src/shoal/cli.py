@@ -1,9 +1,24 @@
-"""The ``shoal`` command line. ``shoal demo`` for now; the cluster issue adds
-``start``, ``stop`` and ``status``."""
+"""The ``shoal`` command line: ``demo``, and the cluster's ``start``,
+``stop`` and ``status`` (Ray's conventions)."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+
+
+def _resources(text: str | None) -> dict | None:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise SystemExit(f"--resources must be JSON, e.g. '{{\"edge\": 1}}', got {text!r}")
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and v >= 0
+            for k, v in value.items()):
+        raise SystemExit(f"--resources must map names to non-negative numbers, got {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -13,10 +28,61 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--num-cpus", type=int, default=None, help="CPUs to use (default: all)")
     demo.add_argument("--samples", type=int, default=20_000_000,
                       help="Monte Carlo samples in total (default: 20M)")
+    start = sub.add_parser("start", help="start a head (--head) or join a node (--address)")
+    start.add_argument("--head", action="store_true", help="start the cluster's head here")
+    start.add_argument("--address", help="HOST:PORT of the head to join")
+    start.add_argument("--host", default="127.0.0.1",
+                       help="address the head listens on (default: loopback only)")
+    start.add_argument("--port", type=int, default=None, help="the head's port (default 6380)")
+    start.add_argument("--token-file", default=None,
+                       help="file holding the cluster token (else $SHOAL_TOKEN, else the "
+                            "head's on this machine)")
+    start.add_argument("--num-cpus", type=float, default=None)
+    start.add_argument("--num-gpus", type=float, default=None)
+    start.add_argument("--resources", default=None, help='custom resources as JSON')
+    sub.add_parser("stop", help="stop the head and nodes `shoal start` launched here")
+    status = sub.add_parser("status", help="nodes, resources used/total, pending work")
+    status.add_argument("--address", default=None)
+    status.add_argument("--token-file", default=None)
     args = parser.parse_args(argv)
+
     if args.command == "demo":
         from .demo import run_demo
         return run_demo(num_cpus=args.num_cpus, samples=args.samples)
+
+    from . import config
+    from .cluster import launch
+    from .cluster.auth import AuthError
+    try:
+        if args.command == "start":
+            resources = _resources(args.resources)
+            if args.head == bool(args.address):
+                parser.error("shoal start needs exactly one of --head or --address HOST:PORT")
+            if args.head:
+                out = launch.start_head(args.host, config.get("head_port") if args.port is None else args.port,
+                                        args.num_cpus, args.num_gpus, resources)
+                print(f"shoal head started at {out['address']} (pid {out['head_pid']}), "
+                      f"with a node on this machine (pid {out['node_pid']}).")
+                print(f"The cluster token is in {out['token_file']} (readable by you only).")
+                print("To join another machine, copy that file there and run:")
+                print(f"  shoal start --address {out['address']} --token-file PATH")
+                print("(or set SHOAL_TOKEN to its contents). `shoal status` shows the nodes;")
+                print("`shoal stop` ends what `shoal start` launched on this machine.")
+            else:
+                out = launch.start_node(args.address, args.token_file, args.num_cpus,
+                                        args.num_gpus, resources)
+                print(f"node (pid {out['node_pid']}) joined the cluster at {out['address']}.")
+            return 0
+        if args.command == "stop":
+            stopped = launch.stop()
+            print("stopped " + ", ".join(stopped) if stopped else "nothing to stop")
+            return 0
+        if args.command == "status":
+            print(launch.format_status(launch.status(args.address, args.token_file)))
+            return 0
+    except (launch.LaunchError, AuthError, ValueError) as e:
+        print(f"shoal {args.command}: {e}", file=sys.stderr)
+        return 1
     return 2
 
 

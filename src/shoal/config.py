@@ -72,6 +72,20 @@ SETTINGS = {s.name: s for s in [
             "How long an allocation, or a task whose spilled argument must be read "
             "back, waits for room while the store is full of objects in use, before "
             "failing with ObjectStoreFullError."),
+    Setting("state_dir", str, "~/.shoal",
+            "Where a machine's shoal processes keep the head's address, the cluster "
+            "token (mode 0600), logs and the pids `shoal stop` ends."),
+    Setting("head_port", int, 6380,
+            "The port `shoal start --head` listens on unless --port is given."),
+    Setting("heartbeat_interval_s", float, 0.5,
+            "How often a node agent tells the head it is alive."),
+    Setting("node_timeout_s", float, 10.0,
+            "A node the head has not heard from for this long is declared dead."),
+    Setting("max_message_bytes", int, 64 * 1024 * 1024,
+            "The largest control message a head or node accepts from a peer; a "
+            "longer length prefix is refused and the connection closed."),
+    Setting("handshake_timeout_s", float, 5.0,
+            "How long a new connection has to prove it knows the cluster token."),
     Setting("worker_skip_site", bool, True,
             "Start workers with `python -S` and the driver's sys.path, skipping the "
             "site module's .pth processing (saves ~100 ms per worker start)."),

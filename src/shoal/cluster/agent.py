@@ -1,0 +1,107 @@
+"""A node agent: one per machine in a cluster (the head's machine too).
+
+    python -m shoal.cluster.agent --address HOST:PORT [--token-file F]
+                                  [--num-cpus N] [--num-gpus N] [--resources JSON]
+
+It owns the machine's node (worker processes, local scheduling, the
+shared-memory store: node/node.py, as embedded in a local driver), joins
+the head with the cluster token, and tells it every
+``heartbeat_interval_s`` that it is alive, with its free resources and
+pending work. If the connection drops it reconnects (the head may have
+restarted); if the head declared it dead meanwhile (fenced), it rejoins
+under a new node id.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+
+from .. import config
+from .auth import AuthError, find_token
+from .client import HeadClient
+
+
+def log(msg: str) -> None:
+    print(f"[shoal node {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class Agent:
+    def __init__(self, address: str, token: str, resources: dict, store: int,
+                 is_head_node: bool):
+        from ..node.node import Node
+        self.address = address
+        self.token = token
+        self.stop_event = threading.Event()
+        self.node = Node(resources, store, False, "cluster", os.urandom(4), os.urandom(16))
+        self.node_id = self.node.node_id.hex()
+        self.info = {"host": socket.gethostname(), "pid": os.getpid(),
+                     "resources": self.node.total_resources, "is_head_node": is_head_node}
+
+    def _register(self, client: HeadClient) -> None:
+        while client.call("register_node", self.node_id, self.info) == "fenced":
+            old = self.node_id
+            self.node_id = os.urandom(16).hex()
+            log(f"the head declared node {old[:12]} dead; rejoining as {self.node_id[:12]}")
+
+    def run(self) -> None:
+        interval = config.get("heartbeat_interval_s")
+        backoff = 0.2
+        while not self.stop_event.is_set():
+            try:
+                with HeadClient(self.address, self.token, "node") as client:
+                    self._register(client)
+                    log(f"joined the cluster at {self.address} as node {self.node_id[:12]}")
+                    backoff = 0.2
+                    while not self.stop_event.wait(interval):
+                        answer = client.call("heartbeat", self.node_id, *self._load())
+                        if answer != "ok":          # fenced, or a head that forgot us
+                            self._register(client)
+            except AuthError as e:      # a wrong token does not fix itself: give up
+                log(f"cannot join {self.address}: {e}")
+                self.node.stop()
+                raise SystemExit(1)
+            except (OSError, ConnectionError, ValueError) as e:
+                if not self.stop_event.is_set():
+                    log(f"lost the head at {self.address} ({e}); reconnecting")
+                    self.stop_event.wait(backoff)
+                    backoff = min(backoff * 2, 2.0)
+        self.node.stop()
+
+    def _load(self) -> tuple[dict, int]:
+        node = self.node
+        with node.lock:
+            free = {k: max(0.0, v) for k, v in
+                    node.resources.as_floats(node.resources.available).items()}
+            pending = sum(len(q) for q in node.queues.values()) + len(node.pending_actors)
+        return free, pending
+
+
+def main(argv=None) -> int:
+    from ..node.machine import machine_resources
+    p = argparse.ArgumentParser(prog="python -m shoal.cluster.agent")
+    p.add_argument("--address", required=True)
+    p.add_argument("--token-file", default=None)
+    p.add_argument("--num-cpus", type=float, default=None)
+    p.add_argument("--num-gpus", type=float, default=None)
+    p.add_argument("--resources", default=None, help='JSON, e.g. \'{"edge": 1}\'')
+    p.add_argument("--object-store-memory", type=int, default=None)
+    p.add_argument("--head-node", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    custom = json.loads(args.resources) if args.resources else None
+    res, store = machine_resources(args.num_cpus, args.num_gpus, custom,
+                                   args.object_store_memory)
+    agent = Agent(args.address, find_token(args.token_file), res, store, args.head_node)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: agent.stop_event.set())
+    agent.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

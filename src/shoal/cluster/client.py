@@ -1,0 +1,59 @@
+"""A blocking, authenticated connection to the head (used by node agents and
+the CLI): ``HeadClient(address, token, role).call(op, *args)``."""
+from __future__ import annotations
+
+import itertools
+import pickle
+import socket
+import struct
+
+from .. import config
+from .auth import _recv_exactly, client_handshake
+
+_HEADER = struct.Struct("<I")
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"a cluster address is HOST:PORT, got {address!r}")
+    return host, int(port)
+
+
+class HeadClient:
+    def __init__(self, address: str, token: str, role: str, timeout: float = 10.0):
+        self.address = address
+        self.sock = socket.create_connection(parse_address(address), timeout=timeout)
+        try:
+            client_handshake(self.sock, token, role)
+        except BaseException:
+            self.sock.close()
+            raise
+        self._ids = itertools.count(1)
+        self.max_message = config.get("max_message_bytes")
+
+    def call(self, op: str, *args):
+        request_id = next(self._ids)
+        data = pickle.dumps((request_id, op, *args), protocol=5)
+        self.sock.sendall(_HEADER.pack(len(data)) + data)
+        while True:
+            (size,) = _HEADER.unpack(_recv_exactly(self.sock, 4))
+            if size > self.max_message:
+                raise ConnectionError(f"the head sent a {size}-byte message, over the limit")
+            rid, ok, value = pickle.loads(_recv_exactly(self.sock, size))
+            if rid == request_id:
+                if not ok:
+                    raise value
+                return value
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,262 @@
+"""The head: the cluster's tables, behind an authenticated socket.
+
+    python -m shoal.cluster.head --host 127.0.0.1 --port 6380 [--token-file F]
+
+One asyncio loop serves every peer (node agents, the CLI; drivers later).
+A connection first passes the token handshake (cluster/auth.py); until it
+has, nothing it sends is parsed beyond fixed-size raw bytes, and a peer that
+sends garbage, a wrong token, a length prefix above ``max_message_bytes`` or
+nothing at all (``handshake_timeout_s``) is logged with its address and
+dropped. No peer can crash the head.
+
+After the handshake, messages are frames (transport/framing.py): a request
+``(request_id, op, *args)`` gets a reply ``(request_id, ok, value)``.
+
+Tables: nodes (id, address, resources, state, last heartbeat). They are
+persisted in SQLite in the state directory, so a restarted head knows its
+nodes; running agents reconnect and carry on. A node not heard from for
+``node_timeout_s`` is declared DEAD (a closed connection shortens the wait to
+about a second); if it comes back it is *fenced*: told to rejoin under a new
+node id, so nothing it held under the old one is trusted again.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import pickle
+import signal
+import sqlite3
+import struct
+import sys
+import time
+
+from .. import config
+from .auth import REPLY_SIZE, AuthError, find_token, server_check, server_hello
+from .state import StateDir
+
+_HEADER = struct.Struct("<I")
+ALIVE, DEAD = "ALIVE", "DEAD"
+CLOSED_GRACE_S = 1.0      # a node whose connection closed is dead this soon unless it returns
+
+
+def log(msg: str) -> None:
+    print(f"[shoal head {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class NodeEntry:
+    def __init__(self, node_id: str, info: dict):
+        self.node_id = node_id
+        self.info = info                  # host, pid, resources (totals)
+        self.available = dict(info.get("resources", {}))
+        self.pending = 0
+        self.state = ALIVE
+        self.last_seen = time.monotonic()
+        self.death_reason = None
+
+    def row(self) -> dict:
+        return {"node_id": self.node_id, "state": self.state, "host": self.info.get("host"),
+                "pid": self.info.get("pid"), "resources": self.info.get("resources", {}),
+                "available": self.available, "pending_tasks": self.pending,
+                "is_head_node": self.info.get("is_head_node", False),
+                "death_reason": self.death_reason}
+
+
+class Head:
+    def __init__(self, host: str, port: int, token: str, state: StateDir):
+        self.host = host
+        self.port = port
+        self.token = token
+        self.state = state
+        self.nodes: dict[str, NodeEntry] = {}
+        self.max_message = config.get("max_message_bytes")
+        self.handshake_timeout = config.get("handshake_timeout_s")
+        self.node_timeout = config.get("node_timeout_s")
+        self.started = time.time()
+        self.stopping = asyncio.Event()
+        self.db = sqlite3.connect(state.db_path)
+        self.db.execute("CREATE TABLE IF NOT EXISTS nodes (node_id TEXT PRIMARY KEY, "
+                        "info TEXT, state TEXT, death_reason TEXT)")
+        self._load()
+
+    # ------------------------------------------------------------- tables
+    def _load(self) -> None:
+        """Nodes from before a restart: alive ones get node_timeout_s to reconnect."""
+        for node_id, info, state, reason in self.db.execute(
+                "SELECT node_id, info, state, death_reason FROM nodes"):
+            entry = NodeEntry(node_id, json.loads(info))
+            entry.state, entry.death_reason = state, reason
+            self.nodes[node_id] = entry
+        if self.nodes:
+            log(f"recovered {len(self.nodes)} node(s) from {self.state.db_path}")
+
+    def _save(self, entry: NodeEntry) -> None:
+        self.db.execute("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?)",
+                        (entry.node_id, json.dumps(entry.info), entry.state,
+                         entry.death_reason))
+        self.db.commit()
+
+    def _declare_dead(self, entry: NodeEntry, reason: str) -> None:
+        entry.state = DEAD
+        entry.death_reason = reason
+        self._save(entry)
+        log(f"node {entry.node_id[:12]} ({entry.info.get('host')}) declared dead: {reason}")
+
+    # ------------------------------------------------------------ requests
+    def _op_register_node(self, conn, node_id: str, info: dict):
+        old = self.nodes.get(node_id)
+        if old is not None and old.state == DEAD:
+            return "fenced"
+        entry = NodeEntry(node_id, info)
+        self.nodes[node_id] = entry
+        conn["node_id"] = node_id
+        self._save(entry)
+        log(f"node {node_id[:12]} joined from {info.get('host')} with {info.get('resources')}")
+        return "ok"
+
+    def _op_heartbeat(self, conn, node_id: str, available: dict, pending: int):
+        entry = self.nodes.get(node_id)
+        if entry is None:
+            return "unknown"          # a head restarted without its database: register again
+        if entry.state == DEAD:
+            return "fenced"
+        entry.last_seen = time.monotonic()
+        entry.available = available
+        entry.pending = pending
+        conn["node_id"] = node_id
+        return "ok"
+
+    def _op_status(self, conn):
+        return {"head": {"host": self.host, "port": self.port, "pid": os.getpid(),
+                         "uptime_s": time.time() - self.started},
+                "nodes": [e.row() for e in self.nodes.values()]}
+
+    def _op_shutdown(self, conn):
+        if conn["role"] != "cli":
+            raise PermissionError("only the shoal CLI may shut the head down")
+        self.stopping.set()
+        return "ok"
+
+    # -------------------------------------------------------- connections
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        peer = writer.get_extra_info("peername")
+        conn = {"role": None, "node_id": None, "peer": peer}
+        try:
+            hello, nonce = server_hello()
+            writer.write(hello)
+            await writer.drain()
+            reply = await asyncio.wait_for(reader.readexactly(REPLY_SIZE),
+                                           self.handshake_timeout)
+            conn["role"], answer = server_check(self.token, nonce, reply)
+            writer.write(answer)
+            await writer.drain()
+        except AuthError as e:
+            log(f"refused a connection from {_addr(peer)}: {e}")
+            return await _close(writer)
+        except asyncio.TimeoutError:
+            log(f"refused a connection from {_addr(peer)}: no handshake within "
+                f"{self.handshake_timeout:g} s")
+            return await _close(writer)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError) as e:
+            log(f"refused a connection from {_addr(peer)}: it closed during the handshake "
+                f"({type(e).__name__})")
+            return await _close(writer)
+        try:
+            await self._serve(conn, reader, writer)
+        finally:
+            node_id = conn.get("node_id")
+            entry = self.nodes.get(node_id) if node_id else None
+            if entry is not None and entry.state == ALIVE:
+                # its agent is gone or cut off: dead soon unless it reconnects
+                entry.last_seen = min(entry.last_seen,
+                                      time.monotonic() - self.node_timeout + CLOSED_GRACE_S)
+            await _close(writer)
+
+    async def _serve(self, conn, reader, writer) -> None:
+        peer = _addr(conn["peer"])
+        while not self.stopping.is_set():
+            try:
+                header = await reader.readexactly(4)
+            except (asyncio.IncompleteReadError, ConnectionError, OSError):
+                return
+            (size,) = _HEADER.unpack(header)
+            if size > self.max_message:
+                log(f"dropped {conn['role']} connection from {peer}: a message of {size} bytes "
+                    f"is over the {self.max_message}-byte limit")
+                return
+            try:
+                payload = await reader.readexactly(size)
+            except (asyncio.IncompleteReadError, ConnectionError, OSError):
+                log(f"dropped {conn['role']} connection from {peer}: truncated message")
+                return
+            try:
+                request_id, op, *args = pickle.loads(payload)
+                handler = getattr(self, "_op_" + op)
+            except Exception as e:
+                log(f"dropped {conn['role']} connection from {peer}: malformed message "
+                    f"({type(e).__name__})")
+                return
+            try:
+                value, ok = handler(conn, *args), True
+            except Exception as e:      # a bad request is answered, never fatal
+                value, ok = e, False
+            data = pickle.dumps((request_id, ok, value), protocol=5)
+            writer.write(_HEADER.pack(len(data)) + data)
+            await writer.drain()
+
+    # ---------------------------------------------------------------- loop
+    async def _watch_nodes(self) -> None:
+        while not self.stopping.is_set():
+            now = time.monotonic()
+            for entry in list(self.nodes.values()):
+                if entry.state == ALIVE and now - entry.last_seen > self.node_timeout:
+                    self._declare_dead(entry, f"no heartbeat for {now - entry.last_seen:.1f} s "
+                                              f"(node_timeout_s={self.node_timeout:g})")
+            try:
+                await asyncio.wait_for(self.stopping.wait(), 0.2)
+            except asyncio.TimeoutError:
+                pass
+
+    async def run(self) -> None:
+        server = await asyncio.start_server(self._on_connect, self.host, self.port)
+        self.port = server.sockets[0].getsockname()[1]
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        self.state.write_head(self.host, self.port, os.getpid())
+        log(f"listening on {self.host}:{self.port}")
+        watcher = asyncio.create_task(self._watch_nodes())
+        async with server:
+            await self.stopping.wait()
+        watcher.cancel()
+        self.db.close()
+        log("stopped")
+
+
+async def _close(writer) -> None:
+    try:
+        writer.close()
+        await writer.wait_closed()
+    except Exception:
+        pass
+
+
+def _addr(peer) -> str:
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m shoal.cluster.head")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=config.get("head_port"))
+    p.add_argument("--token-file", default=None)
+    args = p.parse_args(argv)
+    state = StateDir().ensure()
+    token = find_token(args.token_file)
+    asyncio.run(Head(args.host, args.port, token, state).run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
