@@ -644,11 +644,14 @@ def test_actor_calls_whose_arguments_total_more_than_the_store_all_run(cluster):
 
 
 def test_tasks_whose_arguments_and_results_outgrow_the_store_together_wait_instead_of_failing(
-        cluster):
+        spill_root, monkeypatch, request):
     """Each task needs 40 MB (a 20 MB argument, a 20 MB result) of the 64 MB
     store; two run at once. The shortage is transient, since a task's
     argument is unmapped when it ends, so every task should succeed (in Ray
     the store queues the allocation until memory frees)."""
+    # a loaded machine may take a while to finish the task holding the room
+    monkeypatch.setenv("SHOAL_OBJECT_STORE_FULL_TIMEOUT_S", "30")
+    request.getfixturevalue("shoal_cluster")
     refs = [shoal.put(pattern(i, 20 * MB // 8)) for i in range(6)]
     outs = [double.remote(ref) for ref in refs]
     for i, out in enumerate(outs):

@@ -246,13 +246,16 @@ def test_nested_submitters_take_turns(shoal_cluster, tmp_path):
         return tag
 
     @shoal.remote(num_cpus=0)
-    def parent(tag, n, gate):
-        return shoal.get([leaf.remote(tag, gate) for _ in range(n)])
+    def parent(tag, n, gate, submitted):
+        refs = [leaf.remote(tag, gate) for _ in range(n)]
+        touch(submitted)
+        return shoal.get(refs)
 
     gate = str(tmp_path / "gate")
-    big = parent.remote("a", 300, gate)
+    big = parent.remote("a", 300, gate, str(tmp_path / "a"))
     wait_for(lambda: shoal.available_resources().get("CPU", 0) == 0)
-    small = parent.remote("b", 6, gate)
+    small = parent.remote("b", 6, gate, str(tmp_path / "b"))
+    assert wait_for_file(str(tmp_path / "b"))     # both backlogs are queued
     touch(gate)
     assert shoal.get(small, timeout=60) == ["b"] * 6
     done, _ = shoal.wait([big], timeout=0)

@@ -105,17 +105,29 @@ class Head:
 
     # ------------------------------------------------------------ requests
     def _op_register_node(self, conn, node_id: str, info: dict):
+        _require_role(conn, "node")
+        _check_node_id(node_id)
+        if not isinstance(info, dict) or not isinstance(info.get("resources"), dict):
+            raise ValueError("register_node needs an info dict with a resources dict")
+        try:
+            info = json.loads(json.dumps(info))      # only plain data is kept (and storable)
+        except (TypeError, ValueError):
+            raise ValueError("register_node: info must be plain JSON-able data") from None
         old = self.nodes.get(node_id)
         if old is not None and old.state == DEAD:
             return "fenced"
         entry = NodeEntry(node_id, info)
+        self._save(entry)
         self.nodes[node_id] = entry
         conn["node_id"] = node_id
-        self._save(entry)
         log(f"node {node_id[:12]} joined from {info.get('host')} with {info.get('resources')}")
         return "ok"
 
     def _op_heartbeat(self, conn, node_id: str, available: dict, pending: int):
+        _require_role(conn, "node")
+        _check_node_id(node_id)
+        if not isinstance(available, dict) or not isinstance(pending, int):
+            raise ValueError("heartbeat needs (node_id, {resource: free}, pending count)")
         entry = self.nodes.get(node_id)
         if entry is None:
             return "unknown"          # a head restarted without its database: register again
@@ -134,6 +146,7 @@ class Head:
 
     def _op_shutdown(self, conn):
         if conn["role"] != "cli":
+            log(f"refused shutdown from a {conn['role']} connection at {_addr(conn['peer'])}")
             raise PermissionError("only the shoal CLI may shut the head down")
         self.stopping.set()
         return "ok"
@@ -202,8 +215,13 @@ class Head:
             except Exception as e:      # a bad request is answered, never fatal
                 value, ok = e, False
             data = pickle.dumps((request_id, ok, value), protocol=5)
-            writer.write(_HEADER.pack(len(data)) + data)
-            await writer.drain()
+            try:
+                writer.write(_HEADER.pack(len(data)) + data)
+                await writer.drain()
+            except (ConnectionError, OSError) as e:
+                log(f"dropped {conn['role']} connection from {peer}: {type(e).__name__} "
+                    f"while answering")
+                return
 
     # ---------------------------------------------------------------- loop
     async def _watch_nodes(self) -> None:
@@ -211,8 +229,13 @@ class Head:
             now = time.monotonic()
             for entry in list(self.nodes.values()):
                 if entry.state == ALIVE and now - entry.last_seen > self.node_timeout:
-                    self._declare_dead(entry, f"no heartbeat for {now - entry.last_seen:.1f} s "
-                                              f"(node_timeout_s={self.node_timeout:g})")
+                    try:
+                        self._declare_dead(entry, f"no heartbeat for "
+                                                  f"{now - entry.last_seen:.1f} s "
+                                                  f"(node_timeout_s={self.node_timeout:g})")
+                    except Exception as e:      # one bad entry must not stop the watch
+                        log(f"could not record node {entry.node_id!r} as dead: {e!r}")
+                        entry.state = DEAD
             try:
                 await asyncio.wait_for(self.stopping.wait(), 0.2)
             except asyncio.TimeoutError:
@@ -232,6 +255,17 @@ class Head:
         watcher.cancel()
         self.db.close()
         log("stopped")
+
+
+def _require_role(conn, role: str) -> None:
+    if conn["role"] != role:
+        log(f"refused a {conn['role']} connection at {_addr(conn['peer'])} acting as {role}")
+        raise PermissionError(f"only a {role} may do that")
+
+
+def _check_node_id(node_id) -> None:
+    if not isinstance(node_id, str) or not 8 <= len(node_id) <= 64 or not node_id.isalnum():
+        raise ValueError(f"a node id is 8-64 letters and digits, got {node_id!r}")
 
 
 async def _close(writer) -> None:
