@@ -94,12 +94,17 @@ class NodeMemory:
         self._memory_released()
 
     # ------------------------------------------------ waiting for memory
-    def _wait_for_memory(self, waiter: tuple) -> None:
+    def _wait_for_memory(self, waiter: tuple, deadline: float | None = None) -> None:
         """Park an allocation or a task until memory comes back (see
         ``_memory_released``), or fail it after object_store_full_timeout_s."""
-        deadline = time.monotonic() + self.store_full_timeout
+        if deadline is None:
+            deadline = time.monotonic() + self.store_full_timeout
         self.memory_waiters.append((deadline, waiter))
-        if len(self.memory_waiters) == 1:
+        self._arm_memory_expiry()
+
+    def _arm_memory_expiry(self) -> None:
+        if not self.memory_expiry_armed:
+            self.memory_expiry_armed = True
             self.loop.call_later(0.2, self._expire_memory_waiters)
 
     def _memory_released(self) -> None:
@@ -131,10 +136,11 @@ class NodeMemory:
                 self.memory_waiters.append((deadline, waiter))
             self._schedule()
             if self.memory_waiters:
-                self.loop.call_later(0.2, self._expire_memory_waiters)
+                self._arm_memory_expiry()
 
     def _expire_memory_waiters(self) -> None:
         with self.lock:
+            self.memory_expiry_armed = False
             now = time.monotonic()
             keep = deque()
             for deadline, waiter in self.memory_waiters:
@@ -159,7 +165,7 @@ class NodeMemory:
                     self._finish(waiter[1], self._error_value(err))
             self.memory_waiters = keep
             if keep:
-                self.loop.call_later(0.2, self._expire_memory_waiters)
+                self._arm_memory_expiry()
 
     # ------------------------------------------------------------- spilling
     def _is_mapped(self, oid: bytes) -> bool:

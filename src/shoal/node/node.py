@@ -65,6 +65,8 @@ class Node(NodeScheduling, NodeWorkerPool, NodeServices, NodeActors, NodePlaceme
         self.resident: OrderedDict = OrderedDict()   # ids in shared memory, LRU first
         self.memory_waiters: deque = deque()          # allocations/tasks waiting for room
         self.memory_retry_pending = False
+        self.memory_expiry_armed = False
+        self.memory_deadlines: dict = {}              # task_id -> when its wait for room ends
         self.store_full_timeout = config.get("object_store_full_timeout_s")
         self.spill = (SpillDirectory(config.get("object_spilling_directory"))
                       if config.get("object_spilling") else None)
@@ -380,6 +382,8 @@ class Node(NodeScheduling, NodeWorkerPool, NodeServices, NodeActors, NodePlaceme
         rec.state = FINISHED
         spec = rec.spec
         self.tasks.pop(spec.task_id, None)
+        if self.memory_deadlines:
+            self.memory_deadlines.pop(spec.task_id, None)
         objects = self.objects
         for _, dep in spec.deps:
             objects.unpin(dep, freed)

@@ -311,7 +311,9 @@ class NodeScheduling:
         if wait:     # no room to read an argument back yet: wait until there is
             rec.state = WAITING_DEPS
             rec.worker = None
-            self._wait_for_memory(("task", rec))
+            deadline = self.memory_deadlines.setdefault(
+                rec.spec.task_id, time.monotonic() + self.store_full_timeout)
+            self._wait_for_memory(("task", rec), deadline)
         else:
             self._finish(rec, failed)
         self._worker_maybe_idle(w)
