@@ -56,9 +56,15 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
             raise RuntimeError("shoal.init() was already called in this process. Call "
                                "shoal.shutdown() first, or pass ignore_reinit_error=True.")
         if address not in (None, "local"):
-            raise ConnectionError(
-                f"cannot connect to a cluster at {address!r}: this version of shoal runs an "
-                "embedded cluster on this machine only (call shoal.init() without an address)")
+            if any(v is not None for v in (num_cpus, num_gpus, resources, object_store_memory)):
+                raise ValueError("num_cpus, num_gpus, resources and object_store_memory "
+                                 "describe a new local cluster; a driver connecting to a "
+                                 "running one (address=...) cannot set them")
+            from .core.client import connect
+            core = connect(address, namespace)
+            _core_mod.set_core(core)
+            atexit.register(shutdown)
+            return _info(core, address)
         for key, v in (("num_cpus", num_cpus), ("num_gpus", num_gpus),
                        ("object_store_memory", object_store_memory)):
             if v is not None and (not isinstance(v, (int, float)) or v < 0):
@@ -79,9 +85,9 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         return _info(core)
 
 
-def _info(core) -> InitInfo:
+def _info(core, address: str = "local") -> InitInfo:
     return InitInfo(node_id=core.node_id.hex(), job_id=core.job_id.hex(),
-                    namespace=core.namespace, address="local", dashboard_url=None)
+                    namespace=core.namespace, address=address, dashboard_url=None)
 
 
 def shutdown() -> None:

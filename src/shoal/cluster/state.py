@@ -33,6 +33,30 @@ class StateDir:
         return os.path.join(self.path, "procs")
 
     @property
+    def sockets_dir(self) -> str:
+        return os.path.join(self.path, "nodes")
+
+    def node_socket(self, node_id: str) -> str:
+        return os.path.join(self.sockets_dir, f"{node_id[:16]}.sock")
+
+    def local_nodes(self) -> list[dict]:
+        """The node agents of this machine that drivers can connect to,
+        the head's own node first."""
+        out = []
+        try:
+            names = os.listdir(self.sockets_dir)
+        except FileNotFoundError:
+            return out
+        for name in names:
+            if name.endswith(".json"):
+                try:
+                    with open(os.path.join(self.sockets_dir, name)) as f:
+                        out.append(json.load(f))
+                except (OSError, ValueError):
+                    pass
+        return sorted(out, key=lambda n: not n.get("is_head_node"))
+
+    @property
     def db_path(self) -> str:
         return os.path.join(self.path, "head.sqlite3")
 

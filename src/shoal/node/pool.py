@@ -97,6 +97,21 @@ class NodeWorkerPool:
                 if relay in self.relays:
                     self.relays.remove(relay)
 
+    def attach_driver(self, sock, pid: int) -> bytes:
+        """A driver process connected to this node (cluster/agent.py): it
+        talks like a worker (SUBMIT, CALL, REFS, PUT, EXPORT) but never runs
+        tasks. When it goes, its refs go with it (``_on_worker_lost``)."""
+        from ..transport.framing import Connection
+        from .workers import DRIVER_CLIENT, WorkerRecord
+        sock.setblocking(False)
+        w = WorkerRecord(os.urandom(8), None, Connection(sock), pid=pid)
+        w.state = DRIVER_CLIENT
+        w.out_pipes = 0
+        with self.lock:
+            self.workers[w.worker_id] = w
+        self.loop.call_soon(self.loop.add_reader, w.conn.fileno(), self._on_readable, w)
+        return w.worker_id
+
     def _on_worker_lost(self, w) -> None:
         self.loop.remove(w.conn.fileno())
         exit_desc = w.describe_exit()
@@ -105,7 +120,7 @@ class NodeWorkerPool:
         with self.lock:
             w.conn.close()
             self.workers.pop(w.worker_id, None)
-            if w.proc.poll() is not None and w.proc in self.procs:
+            if w.proc is not None and w.proc.poll() is not None and w.proc in self.procs:
                 self.procs.remove(w.proc)
                 for relay in w.relays:
                     self.loop.remove(relay.fd)

@@ -18,6 +18,7 @@ from .. import config
 from ..transport.framing import Connection
 
 IDLE, BUSY, ACTOR, STARTING, DEAD = "idle", "busy", "actor", "starting", "dead"
+DRIVER_CLIENT = "driver"     # a driver process connected to this node (cluster/agent.py)
 
 
 class WorkerRecord:
@@ -25,10 +26,11 @@ class WorkerRecord:
                  "functions", "held", "actor", "blocked", "label", "out_pipes", "exit_desc",
                  "revoking", "retire_pending", "allocs", "relays", "oom")
 
-    def __init__(self, worker_id: bytes, proc: subprocess.Popen, conn: Connection):
+    def __init__(self, worker_id: bytes, proc: subprocess.Popen | None, conn: Connection,
+                 pid: int | None = None):
         self.worker_id = worker_id
-        self.proc = proc
-        self.pid = proc.pid
+        self.proc = proc             # None for a connected driver (not our child)
+        self.pid = proc.pid if proc is not None else pid
         self.conn = conn
         self.state = STARTING
         self.inflight: OrderedDict = OrderedDict()   # task_id -> TaskRecord, in send order
@@ -48,6 +50,8 @@ class WorkerRecord:
         self.oom = None            # an OomKill if the memory monitor killed it
 
     def describe_exit(self) -> str:
+        if self.proc is None:
+            return "the driver disconnected"
         code = self.proc.poll()
         if code is None:
             try:
