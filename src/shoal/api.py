@@ -48,6 +48,8 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
     if kwargs.get("runtime_env"):
         warnings.warn("shoal.init(runtime_env=...) is not supported yet and is ignored",
                       stacklevel=2)
+    if address is None:
+        address = os.environ.get("SHOAL_ADDRESS") or None    # set for cluster jobs
     with _core_mod._init_lock:
         existing = current_core()
         if existing is not None:

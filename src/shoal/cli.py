@@ -41,6 +41,24 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--num-gpus", type=float, default=None)
     start.add_argument("--resources", default=None, help='custom resources as JSON')
     sub.add_parser("stop", help="stop the head and nodes `shoal start` launched here")
+    job = sub.add_parser("job", help="run driver programs on the cluster")
+    jobs = job.add_subparsers(dest="job_command", required=True)
+    submit = jobs.add_parser("submit", help="run `-- COMMAND...` on the cluster")
+    submit.add_argument("--working-dir", default=None,
+                        help="a directory shipped to the cluster; the command runs in it")
+    submit.add_argument("--no-wait", action="store_true",
+                        help="print the job id and return instead of following its output")
+    submit.add_argument("entrypoint", nargs=argparse.REMAINDER)
+    for name, text in (("status", "a job's state"), ("logs", "a job's output"),
+                       ("stop", "stop a running job")):
+        one = jobs.add_parser(name, help=text)
+        one.add_argument("job_id")
+        if name == "logs":
+            one.add_argument("--follow", "-f", action="store_true")
+    jobs.add_parser("list", help="every job")
+    for p in [submit] + [jobs.choices[n] for n in ("status", "logs", "stop", "list")]:
+        p.add_argument("--address", default=None)
+        p.add_argument("--token-file", default=None)
     status = sub.add_parser("status", help="nodes, resources used/total, pending work")
     status.add_argument("--address", default=None)
     status.add_argument("--token-file", default=None)
@@ -77,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
             stopped = launch.stop()
             print("stopped " + ", ".join(stopped) if stopped else "nothing to stop")
             return 0
+        if args.command == "job":
+            from .cluster import job_cli
+            return job_cli.run(args)
         if args.command == "status":
             print(launch.format_status(launch.status(args.address, args.token_file)))
             return 0

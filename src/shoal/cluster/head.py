@@ -33,6 +33,7 @@ import sys
 import time
 
 from .. import config
+from . import jobs
 from .auth import REPLY_SIZE, AuthError, find_token, server_check, server_hello
 from .state import StateDir
 
@@ -78,6 +79,8 @@ class Head:
         self.db = sqlite3.connect(state.db_path)
         self.db.execute("CREATE TABLE IF NOT EXISTS nodes (node_id TEXT PRIMARY KEY, "
                         "info TEXT, state TEXT, death_reason TEXT)")
+        self.db.execute("CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, row TEXT)")
+        self.jobs: dict[str, jobs.Job] = {}
         self._load()
 
     # ------------------------------------------------------------- tables
@@ -90,6 +93,15 @@ class Head:
             self.nodes[node_id] = entry
         if self.nodes:
             log(f"recovered {len(self.nodes)} node(s) from {self.state.db_path}")
+        for job_id, row in self.db.execute("SELECT job_id, row FROM jobs"):
+            row = json.loads(row)
+            job = jobs.Job(job_id, row["entrypoint"], os.path.join(self.state.path, "jobs",
+                                                                    job_id))
+            job.state, job.exit_code, job.message = row["state"], row["exit_code"], row["message"]
+            job.submitted, job.ended = row["submitted"], row["ended"]
+            if job.state == jobs.RUNNING:      # its process died with the old head
+                job.state, job.message = jobs.FAILED, "the head restarted while it ran"
+            self.jobs[job_id] = job
 
     def _save(self, entry: NodeEntry) -> None:
         self.db.execute("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?)",
@@ -143,6 +155,56 @@ class Head:
         return {"head": {"host": self.host, "port": self.port, "pid": os.getpid(),
                          "uptime_s": time.time() - self.started},
                 "nodes": [e.row() for e in self.nodes.values()]}
+
+    # ---------------------------------------------------------------- jobs
+    def _save_job(self, job) -> None:
+        self.db.execute("INSERT OR REPLACE INTO jobs VALUES (?, ?)",
+                        (job.job_id, json.dumps(job.row())))
+        self.db.commit()
+
+    def _job(self, job_id):
+        job = self.jobs.get(job_id) if isinstance(job_id, str) else None
+        if job is None:
+            raise ValueError(f"no job {job_id!r}: `shoal job list` shows the jobs")
+        return job
+
+    def _op_job_submit(self, conn, entrypoint: str, archive: bytes | None, env: dict):
+        _require_role(conn, "cli")
+        if not isinstance(entrypoint, str) or not entrypoint.strip():
+            raise ValueError("a job needs an entrypoint command, e.g. `python script.py`")
+        if env is not None and (not isinstance(env, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
+            raise ValueError("a job's env must map names to strings")
+        job_id = "job_" + os.urandom(6).hex()
+        root = os.path.join(self.state.path, "jobs", job_id)
+        workdir = os.path.join(root, "working_dir")
+        os.makedirs(workdir, mode=0o700)
+        if archive is not None:
+            if not isinstance(archive, bytes):
+                raise ValueError("the working directory must come as a tar.gz archive")
+            jobs.unpack_working_dir(archive, workdir)
+        job = jobs.Job(job_id, entrypoint, root)
+        jobs.start(job, workdir, env or {}, self.state.path)
+        self.jobs[job_id] = job
+        self._save_job(job)
+        log(f"job {job_id} started: {entrypoint}")
+        return job_id
+
+    def _op_job_status(self, conn, job_id):
+        return self._job(job_id).row()
+
+    def _op_job_logs(self, conn, job_id, offset: int):
+        job = self._job(job_id)
+        data, offset = jobs.read_log(job, int(offset))
+        return data, offset, job.state != jobs.RUNNING
+
+    def _op_job_stop(self, conn, job_id):
+        _require_role(conn, "cli")
+        jobs.stop(self._job(job_id))
+        return "ok"
+
+    def _op_job_list(self, conn):
+        return [j.row() for j in self.jobs.values()]
 
     def _op_shutdown(self, conn):
         if conn["role"] != "cli":
@@ -226,6 +288,10 @@ class Head:
     # ---------------------------------------------------------------- loop
     async def _watch_nodes(self) -> None:
         while not self.stopping.is_set():
+            for job in list(self.jobs.values()):
+                if jobs.poll(job):
+                    self._save_job(job)
+                    log(f"job {job.job_id} {job.state.lower()} (exit code {job.exit_code})")
             now = time.monotonic()
             for entry in list(self.nodes.values()):
                 if entry.state == ALIVE and now - entry.last_seen > self.node_timeout:
@@ -253,6 +319,13 @@ class Head:
         async with server:
             await self.stopping.wait()
         watcher.cancel()
+        for job in self.jobs.values():           # the jobs it started go with it
+            if job.state == jobs.RUNNING and job.proc is not None:
+                jobs._signal_group(job.proc.pid, signal.SIGKILL)
+                job.proc.wait()
+                jobs.poll(job)
+                job.state, job.message = jobs.STOPPED, "the head was stopped"
+                self._save_job(job)
         self.db.close()
         log("stopped")
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import pickle
+import sys
 import threading
 
 import cloudpickle
@@ -154,9 +156,28 @@ def deserialize(data, layout):
     return pickle.loads(mv[:header_len], buffers=[mv[o:o + n] for o, n in spans])
 
 
+_modules_checked: set = set()
+
+
+def _job_modules_by_value(fn) -> None:
+    """In a cluster job, modules of the job's working directory cannot be
+    imported by workers (they run elsewhere): pickle those by value."""
+    workdir = os.environ.get("SHOAL_JOB_WORKING_DIR")
+    name = getattr(fn, "__module__", None)
+    if not workdir or name in (None, "__main__") or name in _modules_checked:
+        return
+    _modules_checked.add(name)
+    module = sys.modules.get(name)
+    path = getattr(module, "__file__", None)
+    if path and os.path.abspath(path).startswith(os.path.abspath(workdir) + os.sep):
+        cloudpickle.register_pickle_by_value(module)
+
+
 def dumps_function(fn) -> bytes:
     """Pickle a function or class by value where it must be (``__main__``,
-    notebooks, closures) and by reference where it can be imported."""
+    notebooks, closures, a cluster job's own modules) and by reference where
+    it can be imported."""
+    _job_modules_by_value(fn)
     try:
         return cloudpickle.dumps(fn, protocol=5)
     except Exception as e:
