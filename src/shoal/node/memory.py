@@ -39,7 +39,8 @@ class NodeMemory:
     ``self.arena``, ``self.objects``, ``self.spill`` (a SpillDirectory or None),
     ``self.resident`` (an OrderedDict of ids in shared memory, least recently
     used first) and ``self.memory_waiters`` (a deque of (deadline, waiter):
-    ("alloc", size, grant, reply, client) or ("task", rec))."""
+    ("alloc", size, grant, reply, client), ("task", rec) or ("retry", fn,
+    on_expiry))."""
 
     resident: OrderedDict
 
@@ -120,10 +121,14 @@ class NodeMemory:
             self._free(freed)
             waiting, self.memory_waiters = self.memory_waiters, deque()
             blocked = False
+            retries = []
             for deadline, waiter in waiting:
                 if waiter[0] == "task":          # it tries again when scheduled
                     if waiter[1].state != FINISHED:
                         self._requeue(waiter[1])
+                    continue
+                if waiter[0] == "retry":         # runs again; parks again if still no room
+                    retries.append(waiter[1])
                     continue
                 if not blocked:
                     try:
@@ -134,6 +139,8 @@ class NodeMemory:
                         waiter[2](offset)
                         continue
                 self.memory_waiters.append((deadline, waiter))
+            for retry in retries:
+                retry()
             self._schedule()
             if self.memory_waiters:
                 self._arm_memory_expiry()
@@ -161,7 +168,9 @@ class NodeMemory:
                     f"of {self.allocator.capacity / 1e6:.1f} MB are in use by running tasks and "
                     f"live arrays. Free references you no longer need, run fewer tasks at once, "
                     f"or start shoal with a larger object_store_memory.")
-                if waiter[1].state != FINISHED:
+                if waiter[0] == "retry":
+                    waiter[2](err)
+                elif waiter[1].state != FINISHED:
                     self._finish(waiter[1], self._error_value(err))
             self.memory_waiters = keep
             if keep:
@@ -247,6 +256,30 @@ class NodeMemory:
             lease = MappingLease(mid)     # unpickles in the worker as an adopted ref
         return (m.SHM, value[1], value[2], lease)
 
+    def _reply_values(self, client, ids, reply, deadline: float | None = None) -> None:
+        """Answer a get: restore what is spilled, ship, reply. With no room
+        to restore while the store is full of objects in use, wait for room
+        (bounded, as allocations do) instead of failing the get."""
+        if client is not DRIVER and client.state == "dead":
+            return
+        entries = self.objects.entries
+        try:
+            for oid in ids:
+                e = entries.get(oid)
+                if e is not None and e.value is not None and e.value[0] == m.SPILLED:
+                    self._restore(oid, e)
+        except ObjectStoreFullError as err:
+            if getattr(err, "waitable", False):
+                if deadline is None:
+                    deadline = time.monotonic() + self.store_full_timeout
+                self._wait_for_memory(
+                    ("retry", lambda: self._reply_values(client, ids, reply, deadline),
+                     lambda full: reply(False, full)), deadline)
+                return
+        except SpillLost:
+            pass           # _ship reports it (callers rebuild lost objects before this)
+        reply(True, self._ship_many(ids, client))
+
     def _unship(self, oid: bytes, client) -> None:
         """Take back a ship whose value never left the node."""
         mid = mapped_id(oid)
@@ -317,7 +350,7 @@ class NodeMemory:
             "spilled_bytes": spill.bytes if spill else 0,
             "spilled_total": spill.spilled_total if spill else 0,
             "restored_total": spill.restored_total if spill else 0,
-            "spill_directory": spill.path if spill else None,
+            "spill_directory": spill.created_path if spill else None,
         }
 
     def _producer_name(self, oid: bytes) -> str:

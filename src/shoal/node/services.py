@@ -104,7 +104,7 @@ class NodeServices:
 
         def answer():
             if values:
-                reply(True, self._ship_many(ids, client))
+                self._reply_values(client, ids, reply)
             else:
                 reply(True, [oid for oid in ids if (e := objects.get(oid)) is not None
                              and e.value is not None])

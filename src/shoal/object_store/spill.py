@@ -17,13 +17,29 @@ class SpillLost(OSError):
 
 
 class SpillDirectory:
+    """Made on the first spill (most runs never spill), removed by ``close``.
+    A node that died without closing leaves its directory behind; the next
+    one to spill into the same root removes those of dead processes."""
+
     def __init__(self, root: str | None):
-        root = root or tempfile.gettempdir()
-        os.makedirs(root, exist_ok=True)
-        self.path = tempfile.mkdtemp(prefix=f"shoal-spill-{os.getpid()}-", dir=root)
+        self.root = root or tempfile.gettempdir()
+        self._path = None
         self.bytes = 0           # on disk now
         self.spilled_total = 0   # bytes ever written
         self.restored_total = 0  # bytes ever read back
+
+    @property
+    def path(self) -> str:
+        if self._path is None:
+            os.makedirs(self.root, exist_ok=True)
+            _remove_orphans(self.root)
+            self._path = tempfile.mkdtemp(prefix=f"shoal-spill-{os.getpid()}-", dir=self.root)
+        return self._path
+
+    @property
+    def created_path(self) -> str | None:
+        """The directory, if a spill made it yet."""
+        return self._path
 
     def write(self, object_id: bytes, data: memoryview) -> str:
         path = os.path.join(self.path, object_id.hex())
@@ -74,4 +90,25 @@ class SpillDirectory:
         self.bytes -= size
 
     def close(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        if self._path is not None:
+            shutil.rmtree(self._path, ignore_errors=True)
+
+
+def _remove_orphans(root: str) -> None:
+    """Remove spill directories whose node process is gone."""
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return
+    for name in names:
+        parts = name.split("-")
+        if len(parts) < 4 or parts[:2] != ["shoal", "spill"] or not parts[2].isdigit():
+            continue
+        try:
+            os.kill(int(parts[2]), 0)
+            continue                  # still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
