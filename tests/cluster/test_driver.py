@@ -156,3 +156,35 @@ def test_no_cluster_on_this_machine_is_a_clear_error(cluster_env):
     assert out.returncode == 0, out.stderr
     assert "no running shoal node on this machine" in out.stdout
     assert "cannot set them" in out.stdout
+
+
+def test_workers_output_reaches_the_connected_driver(head):
+    out = run_driver("""
+        import shoal
+        shoal.init(address="auto")
+
+        @shoal.remote
+        def chatty():
+            import sys
+            print("hello from the cluster")
+            print("and to stderr", file=sys.stderr)
+            return 1
+
+        import io, sys, time
+        seen_out, seen_err = io.StringIO(), io.StringIO()
+        real_out, real_err = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = seen_out, seen_err
+        assert shoal.get(chatty.remote()) == 1
+        deadline = time.monotonic() + 30      # output travels apart from the result
+        while time.monotonic() < deadline and not (
+                "hello from the cluster" in seen_out.getvalue()
+                and "and to stderr" in seen_err.getvalue()):
+            time.sleep(0.01)
+        sys.stdout, sys.stderr = real_out, real_err
+        print(seen_out.getvalue())
+        print(seen_err.getvalue(), file=sys.stderr)
+        shoal.shutdown()
+    """)
+    assert out.returncode == 0, out.stderr
+    assert "(chatty pid=" in out.stdout and "hello from the cluster" in out.stdout
+    assert "and to stderr" in out.stderr

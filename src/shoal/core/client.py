@@ -15,6 +15,7 @@ import os
 import pickle
 import socket
 import struct
+import sys
 import threading
 
 from ..exceptions import ShoalError
@@ -46,6 +47,14 @@ class ClientCore(WorkerCore):
                 return
 
     def _on_message(self, msg: tuple) -> None:
+        if msg[0] == m.OUTPUT:          # what workers printed, as a local driver shows it
+            stream = sys.stderr if msg[1] else sys.stdout
+            try:
+                stream.write(msg[2])
+                stream.flush()
+            except (ValueError, OSError):
+                pass
+            return
         if msg[0] == m.EXIT and not self.closed:
             self.closed = True
             gone = ShoalError("the shoal node this driver is connected to stopped")

@@ -14,15 +14,16 @@ LABEL_MARKER = b"\x1bshoal-label:"
 
 
 class StreamRelay:
-    __slots__ = ("fd", "pid", "to_stderr", "label", "partial", "enabled")
+    __slots__ = ("fd", "pid", "to_stderr", "label", "partial", "enabled", "sink")
 
-    def __init__(self, fd: int, pid: int, to_stderr: bool, enabled: bool):
+    def __init__(self, fd: int, pid: int, to_stderr: bool, enabled: bool, sink=None):
         self.fd = fd
         self.pid = pid
         self.to_stderr = to_stderr
         self.label = "worker"
         self.partial = b""
-        self.enabled = enabled
+        self.enabled = enabled      # write to this process's terminal
+        self.sink = sink            # and/or hand to sink(to_stderr, text): connected drivers
 
     def read(self):
         """Relay what is readable: True if something was, None if nothing is
@@ -56,9 +57,10 @@ class StreamRelay:
             if line.startswith(LABEL_MARKER):
                 self.label = line[len(LABEL_MARKER):].decode("utf-8", "replace")
                 continue
-            if self.enabled:
-                out.append(f"({self.label} pid={self.pid}) {line.decode('utf-8', 'replace')}\n")
-        if out:
+            out.append(f"({self.label} pid={self.pid}) {line.decode('utf-8', 'replace')}\n")
+        if out and self.sink is not None:
+            self.sink(self.to_stderr, "".join(out))
+        if out and self.enabled:
             stream = sys.stderr if self.to_stderr else sys.stdout
             try:
                 stream.write("".join(out))

@@ -91,6 +91,7 @@ class Node(NodeScheduling, NodeWorkerPool, NodeServices, NodeActors, NodePlaceme
         self.local_deltas: deque = deque()        # the driver's (object_id, +1/-1)
         self.requests: dict = {}                  # (client, request_id) -> Request
         self.log_to_driver = log_to_driver
+        self.driver_clients: list = []            # drivers connected over a socket (cluster)
         self.inline_threshold = config.get("inline_threshold")
         self.pipeline_depth = config.get("pipeline_depth")
         self.fail_infeasible = config.get("fail_infeasible")

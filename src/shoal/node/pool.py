@@ -78,7 +78,7 @@ class NodeWorkerPool:
             self.loop.add_reader(w.conn.fileno(), self._on_readable, w)
             for fd, to_err in ((w.proc.stdout.fileno(), False), (w.proc.stderr.fileno(), True)):
                 os.set_blocking(fd, False)
-                relay = StreamRelay(fd, w.pid, to_err, self.log_to_driver)
+                relay = StreamRelay(fd, w.pid, to_err, self.log_to_driver, self._to_drivers)
                 self.relays.append(relay)
                 w.relays.append(relay)
                 self.loop.add_reader(fd, self._on_output, (w, relay))
@@ -97,6 +97,14 @@ class NodeWorkerPool:
                 if relay in self.relays:
                     self.relays.remove(relay)
 
+    def _to_drivers(self, to_stderr: bool, text: str) -> None:
+        """Workers' output, for the drivers connected to this node (loop thread)."""
+        if not self.driver_clients:
+            return
+        with self.lock:
+            for w in self.driver_clients:
+                self._send(w, (m.OUTPUT, to_stderr, text))
+
     def attach_driver(self, sock, pid: int) -> bytes:
         """A driver process connected to this node (cluster/agent.py): it
         talks like a worker (SUBMIT, CALL, REFS, PUT, EXPORT) but never runs
@@ -109,6 +117,7 @@ class NodeWorkerPool:
         w.out_pipes = 0
         with self.lock:
             self.workers[w.worker_id] = w
+            self.driver_clients.append(w)
         self.loop.call_soon(self.loop.add_reader, w.conn.fileno(), self._on_readable, w)
         return w.worker_id
 
@@ -120,6 +129,8 @@ class NodeWorkerPool:
         with self.lock:
             w.conn.close()
             self.workers.pop(w.worker_id, None)
+            if w in self.driver_clients:
+                self.driver_clients.remove(w)
             if w.proc is not None and w.proc.poll() is not None and w.proc in self.procs:
                 self.procs.remove(w.proc)
                 for relay in w.relays:

@@ -35,6 +35,7 @@ REPLY = 21         # (REPLY, request_id, ok, value)
 CANCEL = 22        # (CANCEL, task_id)                   interrupt the task if it runs
 EXIT = 23          # (EXIT,)                             finish and exit
 REVOKE = 24        # (REVOKE, task_ids)                  give back these tasks if not started
+OUTPUT = 25        # (OUTPUT, to_stderr, text)           workers' output, to connected drivers
 
 # object value kinds ----------------------------------------------------------
 INLINE = 0
