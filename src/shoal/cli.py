@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--num-cpus", type=float, default=None)
     start.add_argument("--num-gpus", type=float, default=None)
     start.add_argument("--resources", default=None, help='custom resources as JSON')
+    start.add_argument("--storage", default=None,
+                       help="with --head: keep the cluster's tables in this Redis "
+                            "(redis://HOST:PORT/DB or unix:///path) instead of SQLite")
     sub.add_parser("stop", help="stop the head and nodes `shoal start` launched here")
     job = sub.add_parser("job", help="run driver programs on the cluster")
     jobs = job.add_subparsers(dest="job_command", required=True)
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error("shoal start needs exactly one of --head or --address HOST:PORT")
             if args.head:
                 out = launch.start_head(args.host, config.get("head_port") if args.port is None else args.port,
-                                        args.num_cpus, args.num_gpus, resources)
+                                        args.num_cpus, args.num_gpus, resources, args.storage)
                 print(f"shoal head started at {out['address']} (pid {out['head_pid']}), "
                       f"with a node on this machine (pid {out['node_pid']}).")
                 print(f"The cluster token is in {out['token_file']} (readable by you only).")

@@ -12,9 +12,10 @@ dropped. No peer can crash the head.
 After the handshake, messages are frames (transport/framing.py): a request
 ``(request_id, op, *args)`` gets a reply ``(request_id, ok, value)``.
 
-Tables: nodes (id, address, resources, state, last heartbeat). They are
-persisted in SQLite in the state directory, so a restarted head knows its
-nodes; running agents reconnect and carry on. A node not heard from for
+Tables: nodes (id, address, resources, state, last heartbeat) and jobs.
+They are persisted (cluster/tables.py: SQLite in the state directory, or a
+Redis server with ``--storage``), so a restarted head knows its nodes and
+jobs; running agents reconnect and carry on. A node not heard from for
 ``node_timeout_s`` is declared DEAD (a closed connection shortens the wait to
 about a second); if it comes back it is *fenced*: told to rejoin under a new
 node id, so nothing it held under the old one is trusted again.
@@ -27,7 +28,6 @@ import json
 import os
 import pickle
 import signal
-import sqlite3
 import struct
 import sys
 import time
@@ -36,6 +36,7 @@ from .. import config
 from . import jobs
 from .auth import REPLY_SIZE, AuthError, find_token, server_check, server_hello
 from .state import StateDir
+from .tables import open_tables
 
 _HEADER = struct.Struct("<I")
 ALIVE, DEAD = "ALIVE", "DEAD"
@@ -65,7 +66,8 @@ class NodeEntry:
 
 
 class Head:
-    def __init__(self, host: str, port: int, token: str, state: StateDir):
+    def __init__(self, host: str, port: int, token: str, state: StateDir,
+                 storage: str | None = None):
         self.host = host
         self.port = port
         self.token = token
@@ -76,25 +78,20 @@ class Head:
         self.node_timeout = config.get("node_timeout_s")
         self.started = time.time()
         self.stopping = asyncio.Event()
-        self.db = sqlite3.connect(state.db_path)
-        self.db.execute("CREATE TABLE IF NOT EXISTS nodes (node_id TEXT PRIMARY KEY, "
-                        "info TEXT, state TEXT, death_reason TEXT)")
-        self.db.execute("CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, row TEXT)")
+        self.tables = open_tables(storage, state.db_path)
         self.jobs: dict[str, jobs.Job] = {}
         self._load()
 
     # ------------------------------------------------------------- tables
     def _load(self) -> None:
         """Nodes from before a restart: alive ones get node_timeout_s to reconnect."""
-        for node_id, info, state, reason in self.db.execute(
-                "SELECT node_id, info, state, death_reason FROM nodes"):
-            entry = NodeEntry(node_id, json.loads(info))
+        for node_id, info, state, reason in self.tables.nodes():
+            entry = NodeEntry(node_id, info)
             entry.state, entry.death_reason = state, reason
             self.nodes[node_id] = entry
         if self.nodes:
-            log(f"recovered {len(self.nodes)} node(s) from {self.state.db_path}")
-        for job_id, row in self.db.execute("SELECT job_id, row FROM jobs"):
-            row = json.loads(row)
+            log(f"recovered {len(self.nodes)} node(s) from {self.tables.where}")
+        for job_id, row in self.tables.jobs():
             job = jobs.Job(job_id, row["entrypoint"], os.path.join(self.state.path, "jobs",
                                                                     job_id))
             job.state, job.exit_code, job.message = row["state"], row["exit_code"], row["message"]
@@ -104,10 +101,7 @@ class Head:
             self.jobs[job_id] = job
 
     def _save(self, entry: NodeEntry) -> None:
-        self.db.execute("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?)",
-                        (entry.node_id, json.dumps(entry.info), entry.state,
-                         entry.death_reason))
-        self.db.commit()
+        self.tables.save_node(entry.node_id, entry.info, entry.state, entry.death_reason)
 
     def _declare_dead(self, entry: NodeEntry, reason: str) -> None:
         entry.state = DEAD
@@ -158,9 +152,7 @@ class Head:
 
     # ---------------------------------------------------------------- jobs
     def _save_job(self, job) -> None:
-        self.db.execute("INSERT OR REPLACE INTO jobs VALUES (?, ?)",
-                        (job.job_id, json.dumps(job.row())))
-        self.db.commit()
+        self.tables.save_job(job.job_id, job.row())
 
     def _job(self, job_id):
         job = self.jobs.get(job_id) if isinstance(job_id, str) else None
@@ -326,7 +318,7 @@ class Head:
                 jobs.poll(job)
                 job.state, job.message = jobs.STOPPED, "the head was stopped"
                 self._save_job(job)
-        self.db.close()
+        self.tables.close()
         log("stopped")
 
 
@@ -358,10 +350,12 @@ def main(argv=None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=config.get("head_port"))
     p.add_argument("--token-file", default=None)
+    p.add_argument("--storage", default=None,
+                   help="a Redis URL for the tables (default: SQLite in the state dir)")
     args = p.parse_args(argv)
     state = StateDir().ensure()
     token = find_token(args.token_file)
-    asyncio.run(Head(args.host, args.port, token, state).run())
+    asyncio.run(Head(args.host, args.port, token, state, args.storage).run())
     return 0
 
 

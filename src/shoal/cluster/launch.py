@@ -84,7 +84,8 @@ def _wait_for_node(address: str, token: str, proc: subprocess.Popen, log_path: s
     _wait(f"the node agent (pid {proc.pid})", joined, proc, log_path)
 
 
-def start_head(host: str, port: int, num_cpus=None, num_gpus=None, resources=None) -> dict:
+def start_head(host: str, port: int, num_cpus=None, num_gpus=None, resources=None,
+               storage: str | None = None) -> dict:
     state = StateDir().ensure()
     head = state.read_head()
     if head and psutil.pid_exists(head["pid"]) and head["pid"] in state.processes().values():
@@ -96,7 +97,8 @@ def start_head(host: str, port: int, num_cpus=None, num_gpus=None, resources=Non
     except FileNotFoundError:
         pass
     proc = _spawn(state, "head", ["shoal.cluster.head", "--host", host, "--port", str(port),
-                                  "--token-file", state.token_path])
+                                  "--token-file", state.token_path]
+                  + (["--storage", storage] if storage else []))
     info = _wait("the head", lambda: (h := state.read_head()) and h["pid"] == proc.pid and h,
                  proc, state.log_path("head"))
     connect_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
