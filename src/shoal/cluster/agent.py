@@ -25,6 +25,7 @@ import threading
 import time
 
 from .. import config
+from ..transport.framing import HEADER
 from .auth import REPLY_SIZE, AuthError, _recv_exactly, find_token, server_check, server_hello
 from .client import HeadClient
 from .state import StateDir
@@ -100,7 +101,7 @@ class Agent:
             node = self.node
             setup = pickle.dumps({"arena_size": node.arena.size, "node_id": node.node_id,
                                   "namespace": node.namespace}, protocol=5)
-            socket.send_fds(conn, [struct.pack("<I", len(setup)) + setup], [node.arena.fd])
+            socket.send_fds(conn, [HEADER.pack(len(setup)) + setup], [node.arena.fd])
             conn.settimeout(None)
         except (AuthError, OSError, ConnectionError) as e:
             log(f"refused a driver connection from pid {pid}: {e}")

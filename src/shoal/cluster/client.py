@@ -5,12 +5,11 @@ from __future__ import annotations
 import itertools
 import pickle
 import socket
-import struct
 
 from .. import config
+from ..transport.framing import HEADER, encode
 from .auth import _recv_exactly, client_handshake
 
-_HEADER = struct.Struct("<I")
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -34,10 +33,9 @@ class HeadClient:
 
     def call(self, op: str, *args):
         request_id = next(self._ids)
-        data = pickle.dumps((request_id, op, *args), protocol=5)
-        self.sock.sendall(_HEADER.pack(len(data)) + data)
+        self.sock.sendall(encode((request_id, op, *args)))
         while True:
-            (size,) = _HEADER.unpack(_recv_exactly(self.sock, 4))
+            (size,) = HEADER.unpack(_recv_exactly(self.sock, 4))
             if size > self.max_message:
                 raise ConnectionError(f"the head sent a {size}-byte message, over the limit")
             rid, ok, value = pickle.loads(_recv_exactly(self.sock, size))

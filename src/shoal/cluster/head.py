@@ -28,17 +28,16 @@ import json
 import os
 import pickle
 import signal
-import struct
 import sys
 import time
 
 from .. import config
 from . import jobs
 from .auth import REPLY_SIZE, AuthError, find_token, server_check, server_hello
+from ..transport.framing import HEADER, encode
 from .state import StateDir
 from .tables import open_tables
 
-_HEADER = struct.Struct("<I")
 ALIVE, DEAD = "ALIVE", "DEAD"
 CLOSED_GRACE_S = 1.0      # a node whose connection closed is dead this soon unless it returns
 
@@ -247,7 +246,7 @@ class Head:
                 header = await reader.readexactly(4)
             except (asyncio.IncompleteReadError, ConnectionError, OSError):
                 return
-            (size,) = _HEADER.unpack(header)
+            (size,) = HEADER.unpack(header)
             if size > self.max_message:
                 log(f"dropped {conn['role']} connection from {peer}: a message of {size} bytes "
                     f"is over the {self.max_message}-byte limit")
@@ -268,9 +267,8 @@ class Head:
                 value, ok = handler(conn, *args), True
             except Exception as e:      # a bad request is answered, never fatal
                 value, ok = e, False
-            data = pickle.dumps((request_id, ok, value), protocol=5)
             try:
-                writer.write(_HEADER.pack(len(data)) + data)
+                writer.write(encode((request_id, ok, value)))
                 await writer.drain()
             except (ConnectionError, OSError) as e:
                 log(f"dropped {conn['role']} connection from {peer}: {type(e).__name__} "

@@ -14,14 +14,15 @@ from __future__ import annotations
 import os
 import pickle
 import socket
-import struct
 import sys
 import threading
+
+import psutil
 
 from ..exceptions import ShoalError
 from ..object_store.arena import Arena
 from ..transport import messages as m
-from ..transport.framing import Connection
+from ..transport.framing import HEADER, Connection
 from .worker import WorkerCore
 
 
@@ -90,7 +91,7 @@ def connect(address: str, namespace: str | None = None) -> ClientCore:
                 f"no cluster at {address} has a node on this machine: start one with "
                 f"`shoal start --head` or `shoal start --address {address}` (connecting a "
                 f"driver from a machine without a node is not supported yet)")
-    nodes = [n for n in state.local_nodes() if _alive(n["pid"])]
+    nodes = [n for n in state.local_nodes() if psutil.pid_exists(n["pid"])]
     if not nodes:
         raise ConnectionError(
             "no running shoal node on this machine: start a cluster with `shoal start --head` "
@@ -103,7 +104,7 @@ def connect(address: str, namespace: str | None = None) -> ClientCore:
         data, fds, _, _ = socket.recv_fds(sock, 1 << 16, 1)
         if not fds or len(data) < 4:
             raise ConnectionError("the node sent no object store")
-        (size,) = struct.unpack("<I", data[:4])
+        (size,) = HEADER.unpack(data[:4])
         data = data[4:]
         while len(data) < size:
             chunk = sock.recv(size - len(data))
@@ -118,12 +119,3 @@ def connect(address: str, namespace: str | None = None) -> ClientCore:
     arena = Arena(fds[0], setup["arena_size"], owner=False)
     return ClientCore(Connection(sock), arena, setup["node_id"], namespace or setup["namespace"])
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True

@@ -11,6 +11,8 @@ import os
 import shutil
 import tempfile
 
+import psutil
+
 
 class SpillLost(OSError):
     """A spilled object's file is missing or unreadable."""
@@ -104,11 +106,6 @@ def _remove_orphans(root: str) -> None:
         parts = name.split("-")
         if len(parts) < 4 or parts[:2] != ["shoal", "spill"] or not parts[2].isdigit():
             continue
-        try:
-            os.kill(int(parts[2]), 0)
-            continue                  # still running
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
+        if psutil.pid_exists(int(parts[2])):
+            continue                  # its node still runs
         shutil.rmtree(os.path.join(root, name), ignore_errors=True)

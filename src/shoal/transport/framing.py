@@ -16,7 +16,7 @@ import socket
 import struct
 import threading
 
-_HEADER = struct.Struct("<I")
+HEADER = struct.Struct("<I")        # every frame's length prefix (workers and cluster)
 _RECV_CHUNK = 1 << 18
 MAX_FRAME = 1 << 31
 
@@ -27,7 +27,7 @@ class ConnectionClosed(Exception):
 
 def encode(message: tuple) -> bytes:
     payload = pickle.dumps(message, protocol=5)
-    return _HEADER.pack(len(payload)) + payload
+    return HEADER.pack(len(payload)) + payload
 
 
 class Connection:
@@ -118,7 +118,7 @@ class Connection:
         pos = 0
         n = len(buf)
         while n - pos >= 4:
-            (size,) = _HEADER.unpack_from(buf, pos)
+            (size,) = HEADER.unpack_from(buf, pos)
             if size > MAX_FRAME:
                 raise ConnectionClosed(f"oversized frame ({size} bytes)")
             end = pos + 4 + size
