@@ -91,6 +91,11 @@ class WorkerCrashedError(ShoalError):
     the task's retries are spent."""
 
 
+class NodeDiedError(ShoalError):
+    """The node running the task died (its agent was killed or cut off from
+    the cluster) and the task's retries are spent."""
+
+
 class ActorError(ShoalError):
     """Base of actor failures."""
 
@@ -160,6 +165,7 @@ RayTaskError = TaskError
 RayActorError = ActorError
 
 __all__ = [
+    "NodeDiedError",
     "ShoalError", "TaskError", "WorkerCrashedError", "ActorError", "ActorDiedError",
     "ActorUnavailableError", "GetTimeoutError", "TaskCancelledError", "ObjectLostError",
     "ObjectStoreFullError", "SerializationError", "InfeasibleTaskError", "OutOfMemoryError",

@@ -28,6 +28,7 @@ from .. import config
 from ..transport.framing import HEADER
 from .auth import REPLY_SIZE, AuthError, _recv_exactly, find_token, server_check, server_hello
 from .client import HeadClient
+from .peering import Fetcher, PeerListener
 from .state import StateDir
 
 
@@ -49,6 +50,7 @@ class Agent:
         self.listener = threading.Thread(target=self._listen_for_drivers, daemon=True,
                                          name="shoal-driver-listener")
         self.listener.start()
+        self.peer_listener = None       # other nodes' links and fetches, once we know our address
 
     # ------------------------------------------------------------ drivers
     def _listen_for_drivers(self) -> None:
@@ -111,9 +113,16 @@ class Agent:
         log(f"driver pid {pid} connected")
 
     def _register(self, client: HeadClient) -> None:
+        if self.peer_listener is None:
+            # other nodes reach us where we reach the head from (loopback for a loopback head)
+            host = client.sock.getsockname()[0]
+            self.peer_listener = PeerListener(self.node, self.token, host, log)
+            self.info["peer_address"] = list(self.peer_listener.address)
+            self.node.join_cluster(self.token, Fetcher(self.token), log)
         while client.call("register_node", self.node_id, self.info) == "fenced":
             old = self.node_id
             self.node_id = os.urandom(16).hex()
+            self.node.rejoined(bytes.fromhex(self.node_id))
             log(f"the head declared node {old[:12]} dead; rejoining as {self.node_id[:12]}")
 
     def run(self) -> None:
@@ -124,13 +133,17 @@ class Agent:
                 with HeadClient(self.address, self.token, "node") as client:
                     self._register(client)
                     log(f"joined the cluster at {self.address} as node {self.node_id[:12]}")
+                    self.node.update_view(client.call("view"))
                     backoff = 0.2
                     while not self.stop_event.wait(interval):
                         answer = client.call("heartbeat", self.node_id, *self._load())
                         if answer != "ok":          # fenced, or a head that forgot us
                             self._register(client)
+                        self.node.update_view(client.call("view"))
             except AuthError as e:      # a wrong token does not fix itself: give up
                 log(f"cannot join {self.address}: {e}")
+                if self.peer_listener is not None:
+                    self.peer_listener.stop()
                 self.node.stop()
                 raise SystemExit(1)
             except (OSError, ConnectionError, ValueError) as e:
@@ -138,6 +151,8 @@ class Agent:
                     log(f"lost the head at {self.address} ({e}); reconnecting")
                     self.stop_event.wait(backoff)
                     backoff = min(backoff * 2, 2.0)
+        if self.peer_listener is not None:
+            self.peer_listener.stop()
         self.node.stop()
 
     def _load(self) -> tuple[dict, int]:

@@ -61,6 +61,7 @@ class NodeEntry:
                 "pid": self.info.get("pid"), "resources": self.info.get("resources", {}),
                 "available": self.available, "pending_tasks": self.pending,
                 "is_head_node": self.info.get("is_head_node", False),
+                "peer_address": self.info.get("peer_address"),
                 "death_reason": self.death_reason}
 
 
@@ -143,6 +144,11 @@ class Head:
         entry.pending = pending
         conn["node_id"] = node_id
         return "ok"
+
+    def _op_view(self, conn):
+        """The alive nodes, for node agents: where to reach them, what they have."""
+        _require_role(conn, "node")
+        return [e.row() for e in self.nodes.values() if e.state == ALIVE]
 
     def _op_status(self, conn):
         return {"head": {"host": self.host, "port": self.port, "pid": os.getpid(),

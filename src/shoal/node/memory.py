@@ -263,6 +263,9 @@ class NodeMemory:
         if client is not DRIVER and client.state == "dead":
             return
         entries = self.objects.entries
+        if self.view is not None and self._fetch_first(ids, lambda: self._reply_values(
+                client, ids, reply, deadline)):
+            return
         try:
             for oid in ids:
                 e = entries.get(oid)
@@ -327,10 +330,11 @@ class NodeMemory:
                 continue            # a mapped-count entry, reported with its object
             value = e.value
             kind = value[0] if value is not None else None
-            size = (value[1][1] if kind in (m.SHM, m.SPILLED)
+            size = (value[1][1] if kind in (m.SHM, m.SPILLED, m.REMOTE)
                     else len(value[1][0]) if value is not None else 0)
             where = {m.SHM: "SHARED_MEMORY", m.SPILLED: "SPILLED", m.INLINE: "INLINE",
-                     m.ERROR: "ERROR", None: "PENDING" if e.expected else "EVICTED"}[kind]
+                     m.ERROR: "ERROR", m.REMOTE: "REMOTE",
+                     None: "PENDING" if e.expected else "EVICTED"}[kind]
             by_pid = dict(holders.get(oid, ()))
             driver_refs = e.refs - sum(by_pid.values())
             mapped = entries.get(mapped_id(oid))

@@ -35,6 +35,7 @@ from .lineage import NodeLineage
 from .loop import EventLoop
 from .memory import NodeMemory
 from .memory_monitor import MemoryMonitor
+from .peers import NodePeers
 from .placement import NodePlacement
 from .pool import NodeWorkerPool
 from .records import FINISHED, WAITING_DEPS, GeneratorState, TaskRecord
@@ -43,14 +44,15 @@ from .services import NodeServices
 
 
 class Node(NodeScheduling, NodeWorkerPool, NodeServices, NodeActors, NodePlacement, NodeMemory,
-           NodeLineage):
+           NodeLineage, NodePeers):
     """One machine's runtime. Its methods are split by concern: this file
     (state, refs and freeing, messages from workers, results, shutdown),
     scheduling.py (submitting and scheduling tasks), pool.py (worker
     processes and their deaths), services.py (requests clients wait on),
     actors.py (actor lifecycle), placement.py (placement groups and
-    strategies), memory.py (shared memory, spilling, shipping values) and
-    lineage.py (rebuilding lost objects)."""
+    strategies), memory.py (shared memory, spilling, shipping values),
+    lineage.py (rebuilding lost objects) and peers.py (other nodes: forwarded
+    tasks, borrowed objects)."""
 
     def __init__(self, resources: dict[str, float], object_store_memory: int,
                  log_to_driver: bool, namespace: str, job_id: bytes, node_id: bytes):
@@ -92,6 +94,10 @@ class Node(NodeScheduling, NodeWorkerPool, NodeServices, NodeActors, NodePlaceme
         self.requests: dict = {}                  # (client, request_id) -> Request
         self.log_to_driver = log_to_driver
         self.driver_clients: list = []            # drivers connected over a socket (cluster)
+        self.view = None                          # other nodes ({node_id: PeerInfo}) in a cluster
+        self.peers: dict = {}                     # node_id -> PeerLink
+        self.fetching: dict = {}                  # object_id -> REMOTE value being fetched
+        self.spread_turn = 0
         self.inline_threshold = config.get("inline_threshold")
         self.pipeline_depth = config.get("pipeline_depth")
         self.fail_infeasible = config.get("fail_infeasible")
@@ -146,6 +152,8 @@ class Node(NodeScheduling, NodeWorkerPool, NodeServices, NodeActors, NodePlaceme
                     self._release_value(oid, value)
                 for inner in value[2]:
                     objects.unpin(inner, freed)
+            if e.origins:
+                self._release_origins(oid, e)
             if oid[12] & 0x80:      # a mapped count reached zero: that object may spill now
                 self._memory_released()
                 continue
@@ -427,6 +435,12 @@ class Node(NodeScheduling, NodeWorkerPool, NodeServices, NodeActors, NodePlaceme
                 for _, reply, _ in gen.waiters:
                     reply(False, gone)
                 gen.waiters = []
+            links = list(self.peers.values())
+            self.peers.clear()
+        for link in links:
+            link.conn.close()
+        if self.view is not None:
+            self.fetcher.close()
         grace_end = time.monotonic() + config.get("kill_grace_s")
         for proc in list(self.procs):
             _wait_or_kill(proc, grace_end)

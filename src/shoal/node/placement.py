@@ -257,7 +257,8 @@ class NodePlacement:
         kind = strategy[0]
         if kind == "PG":
             return self._check_pg_strategy(spec, strategy)
-        if kind == "NODE" and strategy[1] != self.node_id and not strategy[2]:
+        if kind == "NODE" and strategy[1] != self.node_id and not strategy[2] \
+                and not (self.view and strategy[1] in self.view):
             cls = ActorUnschedulableError if spec.kind == ACTOR_CREATE else TaskUnschedulableError
             return None, cls(f"{spec.name} cannot be scheduled: NodeAffinitySchedulingStrategy("
                              f"soft=False) names node {strategy[1].hex()}, which does not "

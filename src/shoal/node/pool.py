@@ -97,13 +97,18 @@ class NodeWorkerPool:
                 if relay in self.relays:
                     self.relays.remove(relay)
 
-    def _to_drivers(self, to_stderr: bool, text: str) -> None:
-        """Workers' output, for the drivers connected to this node (loop thread)."""
-        if not self.driver_clients:
+    def _to_drivers(self, to_stderr: bool, text: str, to_peers: bool = True) -> None:
+        """Workers' output, for the drivers connected to this node and for
+        the nodes that sent us tasks (they pass it to their drivers)."""
+        if not self.driver_clients and not self.peers:
             return
         with self.lock:
             for w in self.driver_clients:
                 self._send(w, (m.OUTPUT, to_stderr, text))
+            if to_peers:
+                for link in self.peers.values():
+                    if link.submitted:
+                        self._send(link, (m.OUTPUT, to_stderr, text))
 
     def attach_driver(self, sock, pid: int) -> bytes:
         """A driver process connected to this node (cluster/agent.py): it

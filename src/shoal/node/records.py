@@ -13,7 +13,8 @@ QUEUED, WAITING_DEPS, RUNNING, FINISHED = "queued", "waiting", "running", "finis
 
 class TaskRecord:
     __slots__ = ("spec", "state", "retries_left", "worker", "deps_left", "request", "key",
-                 "cancelled", "children", "gen", "submitted_at", "placement", "started_at")
+                 "cancelled", "children", "gen", "submitted_at", "placement", "started_at",
+                 "route")
 
     def __init__(self, spec: TaskSpec, request: dict, key):
         self.spec = spec
@@ -29,6 +30,7 @@ class TaskRecord:
         self.submitted_at = time.time()
         self.placement = None       # (pg_id, bundle_index, capture) when in a placement group
         self.started_at = 0.0       # time.monotonic() when last sent to a worker
+        self.route = None           # which nodes may run it (node/peers.py), in a cluster
 
 
 class GeneratorState:

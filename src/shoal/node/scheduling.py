@@ -21,6 +21,7 @@ from ..scheduler.resources import NodeResources
 from ..scheduler.task import ACTOR_CALL, ACTOR_CREATE, STREAMING, TASK, TaskSpec, object_id_for
 from ..transport import messages as m
 from .actors import DEAD, ActorRecord
+from .peers import HERE
 from .placement import GONE
 from .records import QUEUED, RUNNING, WAITING_DEPS, GeneratorState, TaskRecord
 from .services import DRIVER
@@ -75,6 +76,8 @@ class NodeScheduling:
             rec.placement, err = self._resolve_strategy(spec, parent)
             if rec.placement is not None:
                 rec.key = rec.key[:1] + (rec.placement[:2],) + rec.key[1:]
+        if self.view is not None:
+            rec.route = self._route_for(spec, client)
         if spec.kind == ACTOR_CREATE:
             actor = ActorRecord(spec, request)
             actor.placement = rec.placement
@@ -83,6 +86,8 @@ class NodeScheduling:
                 objects.pin(actor.handle_id)
         if err is None and rec.placement is None:
             reason = self.resources.infeasible_reason(request)
+            if reason is not None and self.view is not None and rec.route != HERE:
+                reason = self._infeasible_in_cluster(rec, reason)
             if reason is not None:
                 err = InfeasibleTaskError(
                     f"{spec.name} cannot be scheduled: {reason}. Lower its resource request or "
@@ -180,7 +185,19 @@ class NodeScheduling:
             q.popleft()
             return True
         if rec.placement is None:
+            if self.peers and rec.route != HERE:
+                link = self._forward_first(rec)
+                if link is not None:
+                    q.popleft()
+                    self._forward(link, rec)
+                    return True
             assignment = self.resources.try_acquire(rec.request)
+            if assignment is None and self.peers and rec.route != HERE:
+                link = self._forward_overflow(rec)
+                if link is not None:
+                    q.popleft()
+                    self._forward(link, rec)
+                    return True
         else:
             assignment = self._acquire(rec.placement, rec.request)
             if assignment is GONE:
@@ -271,8 +288,11 @@ class NodeScheduling:
         entries = self.objects.entries
         for _, dep in deps:
             e = entries[dep]
-            if e.value is not None and e.value[0] == m.SPILLED:
-                self._restore_or_rebuild(dep, e)
+            if e.value is not None:
+                if e.value[0] == m.SPILLED:
+                    self._restore_or_rebuild(dep, e)
+                elif e.value[0] == m.REMOTE:
+                    self._fetch(dep, e)
         rebuilding = {dep for _, dep in deps if entries[dep].value is None}
         if rebuilding:           # a lost argument is being made again: wait for it
             w.inflight.pop(rec.spec.task_id)

@@ -90,8 +90,12 @@ class NodeServices:
         missing = []
         for oid in ids:
             e = objects.get(oid)
-            if values and e is not None and e.value is not None and e.value[0] == m.SPILLED:
-                self._restore_or_rebuild(oid, e)      # a lost copy is rebuilt: then we wait
+            if values and e is not None and e.value is not None:
+                kind = e.value[0]
+                if kind == m.SPILLED:
+                    self._restore_or_rebuild(oid, e)  # a lost copy is rebuilt: then we wait
+                elif kind == m.REMOTE:
+                    self._fetch(oid, e)               # on another node: we wait for the bytes
             if e is None or e.value is None:
                 if objects.is_lost(oid):
                     # held only by refs: record the loss as its value, so every
@@ -217,6 +221,8 @@ class NodeServices:
                 if actor is not None and rec in actor.queue:
                     actor.queue.remove(rec)
             self._finish(rec, err)
+        elif rec.state == RUNNING and getattr(rec.worker, "is_peer", False):
+            self._peer_call(rec.worker, "cancel", (task_id, force, recursive), _ignore)
         elif rec.state == RUNNING:
             w = rec.worker
             started = next(iter(w.inflight), None) == task_id or w.actor is not None
@@ -246,6 +252,10 @@ class NodeServices:
             "NodeID": self.node_id.hex(), "Alive": True, "NodeManagerAddress": "127.0.0.1",
             "Resources": r.as_floats(r.total), "alive": True,
         }])
+
+
+def _ignore(ok, value) -> None:
+    pass
 
 
 def _unwrap(result):

@@ -39,7 +39,7 @@ class Lineage:
 
 class ObjectEntry:
     __slots__ = ("value", "refs", "pins", "waiters", "shm_offset", "expected", "lineage",
-                 "lineage_pins", "maker")
+                 "lineage_pins", "maker", "origins")
 
     def __init__(self):
         self.expected = False    # a task or put will produce it (else only refs named it)
@@ -51,6 +51,7 @@ class ObjectEntry:
         self.lineage = None      # the Lineage that can rebuild it, if any
         self.lineage_pins = 0    # finished tasks' specs that name it as an argument
         self.maker = None        # the name of the task that makes it (for memory reports)
+        self.origins = None      # {peer link: copies it sent us} for a borrowed value (peers.py)
 
 
 class ObjectTable:

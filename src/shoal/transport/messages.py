@@ -37,8 +37,15 @@ EXIT = 23          # (EXIT,)                             finish and exit
 REVOKE = 24        # (REVOKE, task_ids)                  give back these tasks if not started
 OUTPUT = 25        # (OUTPUT, to_stderr, text)           workers' output, to connected drivers
 
+# node <-> node (a peer link, node/peers.py; CALL, REPLY, EXPORT, OUTPUT too) ---
+PUSH = 30          # (PUSH, [(object_id, value)])       copies the receiver now borrows
+RELEASE = 31       # (RELEASE, [(object_id, n)])        borrowed copies the receiver freed
+FORWARD = 32       # (FORWARD, spec_wire, values)       run this task here; values as PUSH
+
 # object value kinds ----------------------------------------------------------
 INLINE = 0
 SHM = 1
 ERROR = 2
 SPILLED = 3     # on the node's disk: (path, size, layout); restored before it is shipped
+REMOTE = 4      # in another node's store: (node_id, size, layout); fetched when needed
+PENDING = 5     # not made yet; the node that sent it answers a peer_wait when it is

@@ -1,0 +1,698 @@
+"""Nodes working together: tasks forwarded to other nodes, objects that live
+on another node, and what a peer's death costs.
+
+Links. A ``PeerLink`` is one authenticated TCP connection to another node
+(cluster/peering.py dials and accepts them; the lower node id dials). It sits
+on the node's loop like a worker socket, and either side may send on it:
+FORWARD (run this task here), PUSH (object values), RELEASE, CALL/REPLY
+(``peer_wait``, ``cancel``), EXPORT (a function) and OUTPUT (what the
+workers of the node running a forwarded task printed).
+
+Forwarding. A task that cannot start here (no free resources, none of the
+kind it asks for, a large argument held elsewhere, SPREAD, affinity to
+another node) goes to a peer whose free resources, as last heard through
+the head and minus what we have sent it since, can take it. The peer runs it
+as its own (never forwarding it on), and we ask it ``peer_wait`` for the
+returns: the reply carries their values. Our task record stays RUNNING with
+the link as its "worker"; if the peer dies the task is retried elsewhere
+(``max_retries``) or fails with NodeDiedError.
+
+Borrowed values. A value sent to a peer (``_export``) keeps the same object
+id there. Small values go inline; a value in shared memory goes as a REMOTE
+marker ``(holder node id, size, layout)``, and one not made yet as PENDING
+(the receiver then asks ``peer_wait`` for it). The sender pins its entry
+once per push (``link.pushed``); the receiver counts what it got from each
+link on the entry (``origins``) and sends RELEASE with those counts when it
+frees the entry, so the sender's copy lives exactly while some borrower
+needs it. Values nested in a pushed value are pushed with it. A REMOTE value
+is fetched into this node's store when a task or ``get`` here needs its
+bytes (``_fetch``; peering.Fetcher, a thread per transfer).
+
+A lost link undoes all of it: our pins for its copies and the refs we held
+for its tasks go, tasks we forwarded to it retry, and entries that relied on
+it (a REMOTE or PENDING value with no other origin) are lost: rebuilt from
+lineage where we made them, ObjectLostError otherwise.
+
+Part of ``Node`` (a base class of it), under ``node.lock``.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+
+from ..exceptions import NodeDiedError, ObjectStoreFullError, TaskCancelledError
+from ..scheduler.resources import NodeResources
+from ..scheduler.task import STREAMING, TaskSpec, mapped_id
+from ..transport import messages as m
+from ..transport.framing import Connection, ConnectionClosed
+from .records import FINISHED, RUNNING
+
+HERE = "here"                  # a TaskRecord.route: run on this node, never forward
+LOCALITY_BYTES = 1 << 20       # arguments this large on one peer draw the task there
+PEER_OPS = frozenset({"peer_wait", "cancel"})
+
+
+class PeerInfo:
+    """What the head last said about another node, and our use of it since."""
+    __slots__ = ("node_id", "address", "total", "free", "cpu_slack")
+
+    def __init__(self, node_id: bytes, address: tuple, total: dict, free: dict):
+        self.node_id = node_id
+        self.address = address
+        self.total = total
+        self.free = free
+        # forwarded tasks may queue a little on a busy peer, to keep it fed
+        self.cpu_slack = total.get("CPU", 0)
+
+    def has_room(self, request: dict) -> bool:
+        free = self.free
+        for k, v in request.items():
+            have = free.get(k, 0) + (self.cpu_slack if k == "CPU" else 0)
+            if have < v:
+                return False
+        return True
+
+    def fits_total(self, request: dict) -> bool:
+        return all(self.total.get(k, 0) >= v for k, v in request.items())
+
+    def take(self, request: dict, sign: int = 1) -> None:
+        free = self.free
+        for k, v in request.items():
+            free[k] = free.get(k, 0) - sign * v
+
+
+class PeerLink:
+    """One connection to another node. Shaped like a WorkerRecord where the
+    node's code treats both alike (``conn``, ``blocked``, ``actor``...)."""
+    is_peer = True
+    actor = None
+    lease = None
+    proc = None
+    pid = None
+
+    def __init__(self, conn: Connection, node_id: bytes, address):
+        self.conn = conn
+        self.node_id = node_id
+        self.address = address
+        self.state = "alive"
+        self.inflight: dict = {}     # task_id -> our TaskRecord it runs for us
+        self.pushed: dict = {}       # object_id -> pins we hold for its borrowed copies
+        self.held: dict = {}         # object_id -> refs we hold for returns of its tasks
+        self.calls: dict = {}        # request_id -> callback(ok, value)
+        self.next_call = 0
+        self.functions: set = set()  # function ids sent over this link
+        self.submitted = False       # it sent us tasks: it wants their output
+        self.blocked = 0
+
+    def __repr__(self):
+        return f"<peer {self.node_id.hex()[:12]}>"
+
+
+class NodePeers:
+    """Expects ``self.peers`` ({node_id: PeerLink}), ``self.view`` ({node_id:
+    PeerInfo}, None outside a cluster) and ``self.fetching`` ({object_id:
+    REMOTE value being fetched})."""
+
+    # -------------------------------------------------------------- joining
+    def join_cluster(self, token: str, fetcher, log) -> None:
+        """Called by the agent: from now on this node works with peers."""
+        with self.lock:
+            self.view = {}
+            self.peer_token = token
+            self.fetcher = fetcher
+            self.peer_log = log
+            self.dialing: set = set()
+
+    def update_view(self, nodes: list) -> None:
+        """The head's list of nodes (from the agent's heartbeat thread)."""
+        dial = []
+        with self.lock:
+            if self.view is None or self.stopped:
+                return
+            alive = {}
+            for n in nodes:
+                nid = bytes.fromhex(n["node_id"])
+                address = n.get("peer_address")
+                if nid == self.node_id or n.get("state") != "ALIVE" or not address:
+                    continue
+                alive[nid] = PeerInfo(nid, tuple(address),
+                                      NodeResources.quantize(n.get("resources") or {}),
+                                      NodeResources.quantize(n.get("available") or {}))
+            for nid in list(self.peers):
+                if nid not in alive:
+                    self._close_link(self.peers[nid])
+            self.view = alive
+            for nid, info in alive.items():
+                if nid not in self.peers and nid not in self.dialing and self.node_id < nid:
+                    self.dialing.add(nid)
+                    dial.append(info)
+            self._schedule()
+        for info in dial:
+            threading.Thread(target=self._dial, args=(info,), daemon=True,
+                             name="shoal-peer-dial").start()
+
+    def _dial(self, info: PeerInfo) -> None:
+        from ..cluster.peering import dial_link
+        try:
+            sock, their_id = dial_link(info.address, self.peer_token, self.node_id)
+        except (OSError, ConnectionError) as e:
+            self.peer_log(f"cannot reach node {info.node_id.hex()[:12]} at "
+                          f"{info.address[0]}:{info.address[1]}: {e}")
+            with self.lock:
+                self.dialing.discard(info.node_id)
+            return
+        with self.lock:
+            self.dialing.discard(info.node_id)
+        if their_id != info.node_id:
+            sock.close()
+            return
+        self.attach_peer(sock, their_id, info.address)
+
+    def attach_peer(self, sock: socket.socket, node_id: bytes, address) -> None:
+        sock.setblocking(False)
+        link = PeerLink(Connection(sock), node_id, address)
+        with self.lock:
+            if self.stopped:
+                sock.close()
+                return
+            old = self.peers.get(node_id)
+            if old is not None:
+                self._close_link(old)
+            self.peers[node_id] = link
+        self.loop.call_soon(self.loop.add_reader, link.conn.fileno(), self._on_link_readable, link)
+        with self.lock:
+            self._schedule()
+
+    def rejoined(self, new_id: bytes) -> None:
+        """The head fenced us: every link and borrowed value is void."""
+        with self.lock:
+            for link in list(self.peers.values()):
+                self._close_link(link)
+            self.node_id = new_id
+
+    def _close_link(self, link: PeerLink) -> None:
+        """Drop a link now (its peer is dead or replaced)."""
+        if link.state == "dead":
+            return
+        try:
+            link.conn.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._peer_lost(link, f"node {link.node_id.hex()[:12]} died or left the cluster")
+
+    # ------------------------------------------------------------- messages
+    def _on_link_readable(self, link: PeerLink) -> None:
+        try:
+            msgs = link.conn.read_messages()
+        except ConnectionClosed:
+            with self.lock:
+                self._peer_lost(link, f"the connection to node {link.node_id.hex()[:12]} "
+                                      f"closed (its agent died or the network failed)")
+            return
+        if not msgs:
+            return
+        with self.lock:
+            freed: list = []
+            self._apply_local_deltas(freed)
+            for msg in msgs:
+                if link.state == "dead":
+                    break
+                self._link_handlers[msg[0]](self, link, msg, freed)
+            self._free(freed)
+
+    def _l_forward(self, link, msg, freed) -> None:
+        link.submitted = True
+        touched = self._accept(link, msg[2], freed, release=False)
+        spec = TaskSpec.from_wire(msg[1])
+        objects = self.objects
+        for rid in spec.return_ids():      # held for the peer until it collects them
+            objects.add_ref(rid)
+            link.held[rid] = link.held.get(rid, 0) + 1
+        self._submit(spec, link)
+        for oid in touched:
+            objects.release_if_unheld(oid, freed)
+
+    def _l_push(self, link, msg, freed) -> None:
+        self._accept(link, msg[1], freed)
+
+    def _l_release(self, link, msg, freed) -> None:
+        objects, pushed = self.objects, link.pushed
+        for oid, n in msg[1]:
+            left = pushed.get(oid, 0) - n
+            if left > 0:
+                pushed[oid] = left
+            else:
+                pushed.pop(oid, None)
+            for _ in range(n):
+                objects.unpin(oid, freed)
+
+    def _l_call(self, link, msg, freed) -> None:
+        _, request_id, op, args = msg
+
+        def reply(ok, value, link=link, request_id=request_id):
+            if link.state != "dead":
+                self._send(link, (m.REPLY, request_id, ok, value))
+        if op not in PEER_OPS:
+            reply(False, ValueError(f"{op!r} is not a peer operation"))
+            return
+        self._service(link, request_id, op, args, reply)
+
+    def _l_reply(self, link, msg, freed) -> None:
+        callback = link.calls.pop(msg[1], None)
+        if callback is not None:
+            callback(msg[2], msg[3])
+
+    def _l_export(self, link, msg, freed) -> None:
+        self.functions[msg[1]] = msg[2]
+
+    def _l_output(self, link, msg, freed) -> None:
+        self._to_drivers(msg[1], msg[2], to_peers=False)
+
+    _link_handlers = {m.FORWARD: _l_forward, m.PUSH: _l_push, m.RELEASE: _l_release,
+                      m.CALL: _l_call, m.REPLY: _l_reply, m.EXPORT: _l_export,
+                      m.OUTPUT: _l_output}
+
+    def _peer_call(self, link: PeerLink, op: str, args: tuple, callback) -> None:
+        link.next_call += 1
+        link.calls[link.next_call] = callback
+        self._send(link, (m.CALL, link.next_call, op, args))
+
+    # ------------------------------------------------------- borrowed values
+    def _export(self, link: PeerLink, ids) -> list:
+        """``ids`` and the values nested in them, as they go to ``link``'s
+        node; each is pinned here until the peer releases it."""
+        objects, entries, pushed = self.objects, self.objects.entries, link.pushed
+        out, seen, stack = [], set(), list(ids)
+        while stack:
+            oid = stack.pop()
+            if oid in seen:
+                continue
+            seen.add(oid)
+            e = entries.get(oid)
+            value = e.value if e is not None else None
+            if e is None or (value is None and not e.expected):
+                out.append((oid, self._lost_value(oid), False))    # not pinned: not counted
+                continue
+            if value is None:
+                value = (m.PENDING, None, ())
+            elif value[0] == m.SHM or value[0] == m.SPILLED:
+                value = (m.REMOTE, (self.node_id, value[1][1], value[1][2]), value[2])
+            objects.pin(oid)
+            pushed[oid] = pushed.get(oid, 0) + 1
+            out.append((oid, value, True))
+            stack.extend(value[2])
+        return out
+
+    def _accept(self, link: PeerLink, values: list, freed: list, release: bool = True) -> list:
+        """Take values a peer sent (a PUSH, a FORWARD's arguments, a
+        peer_wait reply); returns their ids."""
+        objects = self.objects
+        wait, touched = [], []
+        for oid, value, pinned in values:
+            e = objects.ensure(oid)
+            touched.append(oid)
+            if pinned:
+                if e.origins is None:
+                    e.origins = {}
+                e.origins[link] = e.origins.get(link, 0) + 1
+            if e.value is not None:
+                continue                  # we have it already: the copy is only counted
+            kind = value[0]
+            if kind == m.PENDING:
+                if not e.expected:
+                    e.expected = True
+                    wait.append(oid)
+                continue
+            if kind == m.REMOTE and value[1][0] == self.node_id:
+                value = self._lost_value(oid)   # ours, and we no longer have it
+            e.expected = True
+            self._store(oid, value, freed)
+        if wait:
+            self._peer_call(link, "peer_wait", (wait,),
+                            lambda ok, vals, link=link, wait=wait:
+                            self._on_peer_values(link, wait, ok, vals))
+        if release:
+            for oid in touched:
+                objects.release_if_unheld(oid, freed)
+        return touched
+
+    def _on_peer_values(self, link: PeerLink, wanted: list, ok: bool, values) -> None:
+        freed: list = []
+        if ok:
+            self._accept(link, values, freed)
+        else:
+            for oid in wanted:
+                e = self.objects.get(oid)
+                if e is not None and e.value is None:
+                    self._store(oid, self._error_value(values), freed)
+        self._free(freed)
+
+    def _release_origins(self, oid: bytes, e) -> None:
+        """``e`` was freed here: give back what its origins pinned for us."""
+        origins, e.origins = e.origins, None
+        for link, n in origins.items():
+            if link.state != "dead":
+                self._send(link, (m.RELEASE, [(oid, n)]))
+
+    def _svc_peer_wait(self, link, request_id, reply, ids) -> None:
+        def answer(ok, value):
+            if not ok:
+                reply(False, value)
+                return
+            reply(True, self._export(link, ids))
+            freed: list = []
+            for oid in ids:       # the export pins them now: drop the refs held for the peer
+                n = link.held.pop(oid, 0)
+                if n:
+                    self.objects.remove_ref(oid, n, freed)
+            self._free(freed)
+        self._await_objects(link, request_id, ids, len(ids), answer, values=False)
+
+    # ---------------------------------------------------------- feasibility
+    def _infeasible_in_cluster(self, rec, reason: str) -> str | None:
+        """A request this node can never satisfy: fine if a peer can; if
+        none can, the task waits (nodes may join) with a warning."""
+        request = rec.request
+        if any(info.fits_total(request) for info in self.view.values()):
+            return None
+        text = (f"shoal: {rec.spec.name} cannot be scheduled on any node of the cluster yet "
+                f"({reason}); it waits until a node that has those resources joins.\n")
+        self.peer_log(text.strip())
+        self._to_drivers(True, text)
+        return None
+
+    # ------------------------------------------------------------- fetching
+    def _fetch(self, oid: bytes, e) -> None:
+        """Pull a REMOTE value's bytes into this node's store. The entry waits
+        meanwhile (value None, expected), so whoever needs it just waits."""
+        marker = e.value
+        info = self.view.get(marker[1][0]) if self.view else None
+        if info is None:
+            self._remote_lost(oid, e, f"node {marker[1][0].hex()[:12]} that held it is gone")
+            return
+        e.value = None
+        e.expected = True
+        self.fetching[oid] = marker
+        self._start_fetch(oid, info.address)
+
+    def _fetch_first(self, ids, then) -> bool:
+        """Fetch the REMOTE values among ``ids``; if any must be waited for,
+        call ``then`` once they are all here and return True."""
+        entries = self.objects.entries
+        for oid in ids:
+            e = entries.get(oid)
+            if e is not None and e.value is not None and e.value[0] == m.REMOTE:
+                self._fetch(oid, e)
+        waiting = [oid for oid in ids if (e := entries.get(oid)) is not None and e.value is None]
+        if not waiting:
+            return False
+        left = [len(waiting)]
+
+        def arrived(oid, entry):
+            left[0] -= 1
+            if left[0] == 0:
+                then()
+        for oid in waiting:
+            self.objects.add_waiter(oid, arrived)
+        return True
+
+    def _start_fetch(self, oid: bytes, address, deadline: float | None = None) -> None:
+        marker = self.fetching.get(oid)
+        if marker is None:
+            return
+        e = self.objects.entries.get(oid)
+        if e is None or e.value is not None:     # freed meanwhile
+            self._fetch_abandoned(oid, marker)
+            return
+        size = marker[1][1]
+        try:
+            offset = self._alloc(size)
+        except ObjectStoreFullError as err:
+            if not getattr(err, "waitable", False):
+                self._fetch_failed(oid, err)
+                return
+            if deadline is None:
+                deadline = time.monotonic() + self.store_full_timeout
+            self._wait_for_memory(("retry", lambda: self._start_fetch(oid, address, deadline),
+                                   lambda full: self._fetch_failed(oid, full)), deadline)
+            return
+        threading.Thread(target=self._fetch_thread, args=(address, oid, marker, offset),
+                         daemon=True, name="shoal-fetch").start()
+
+    def _fetch_abandoned(self, oid: bytes, marker: tuple) -> None:
+        self.fetching.pop(oid, None)
+        freed: list = []
+        for inner in marker[2]:
+            self.objects.unpin(inner, freed)
+        self._free(freed)
+
+    def _fetch_failed(self, oid: bytes, err: BaseException) -> None:
+        marker = self.fetching.get(oid)
+        if marker is None:
+            return
+        self._fetch_abandoned(oid, marker)
+        e = self.objects.entries.get(oid)
+        if e is not None and e.value is None:
+            freed: list = []
+            self._store(oid, self._error_value(err), freed)
+            self._free(freed)
+
+    def _fetch_thread(self, address, oid: bytes, marker: tuple, offset: int) -> None:
+        size = marker[1][1]
+        err = self.fetcher.fetch(address, oid, size, self.arena.writable(offset, size))
+        with self.lock:
+            self.fetching.pop(oid, None)
+            freed: list = []
+            e = self.objects.entries.get(oid)
+            if e is None or e.value is not None:      # freed (or made again) meanwhile
+                self.allocator.free(offset)
+                self._memory_released()
+                self._fetch_abandoned(oid, marker)
+            elif err is not None:
+                self.allocator.free(offset)
+                self._memory_released()
+                e.value = marker
+                self._remote_lost(oid, e, err)
+            else:
+                value = (m.SHM, (offset, size, marker[1][2]), marker[2])
+                entry, waiters = self.objects.set_value(oid, value)
+                self.resident[oid] = None
+                for cb in waiters or ():
+                    cb(oid, entry)
+                self.objects.release_if_unheld(oid, freed)
+            self._free(freed)
+            self._schedule()
+
+    def _remote_lost(self, oid: bytes, e, why: str) -> None:
+        """A borrowed value whose bytes we cannot get any more."""
+        marker = e.value
+        if marker is not None:
+            freed: list = []
+            for inner in marker[2]:
+                self.objects.unpin(inner, freed)
+            e.value = None
+            self._free(freed)
+        self._on_object_lost(oid, e, why)
+
+    def transfer_source(self, oid: bytes):
+        """For a peer's fetch (listener thread): (fd, offset, size, done) to
+        send, or why not. The object is counted as mapped until ``done``."""
+        with self.lock:
+            e = self.objects.entries.get(oid)
+            value = e.value if e is not None else None
+            if value is None or value[0] not in (m.SHM, m.SPILLED):
+                return f"object {oid.hex()} is not held by node {self.node_id.hex()[:12]}"
+            if value[0] == m.SPILLED:
+                path, size, _ = value[1]
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except OSError as err:
+                    return f"its spill file cannot be read ({err})"
+                return fd, 0, size, lambda: os.close(fd)
+            mid = mapped_id(oid)
+            self.objects.add_ref(mid)          # not spilled or freed while it is sent
+            offset, size, _ = value[1]
+
+            def done(mid=mid):
+                with self.lock:
+                    freed: list = []
+                    self.objects.remove_ref(mid, 1, freed)
+                    self._free(freed)
+            return self.arena.fd, offset, size, done
+
+    # ----------------------------------------------------------- forwarding
+    def _route_for(self, spec, client):
+        """A new task's route: HERE (sent by a peer, a streaming generator,
+        affinity to this node), a peer's node id (affinity), "SPREAD", or
+        None (wherever it fits)."""
+        if getattr(client, "is_peer", False) or spec.num_returns == STREAMING:
+            return HERE
+        strategy = spec.options.get("strategy") if spec.options else None
+        if strategy is None:
+            return None
+        if strategy[0] == "NODE":
+            if strategy[1] != self.node_id and strategy[1] in self.view:
+                return strategy[1]
+            return None if strategy[2] else HERE     # soft: anywhere, if that node is gone
+        return "SPREAD" if strategy[0] == "SPREAD" else None
+
+    def _forward_first(self, rec):
+        """Before trying this node: the peer ``rec`` should go to by its
+        route (affinity, SPREAD's turn) or its arguments' locality; None to
+        try here first."""
+        route = rec.route
+        if route is None:
+            return self._locality_peer(rec) if rec.spec.deps else None
+        if route == "SPREAD":
+            order = [None] + sorted(self.peers)
+            turn = self.spread_turn
+            self.spread_turn += 1
+            nid = order[turn % len(order)]
+            if nid is None:
+                return None
+            info = self.view.get(nid)
+            return self.peers[nid] if info is not None and info.has_room(rec.request) else None
+        return self.peers.get(route)       # affinity (HERE never gets here)
+
+    def _forward_overflow(self, rec):
+        """No room here: the peer with room and the most free CPU, or None."""
+        if rec.route is not None and rec.route != "SPREAD":
+            return None
+        best, score = None, None
+        for nid, link in self.peers.items():
+            info = self.view.get(nid)
+            if info is None or not info.has_room(rec.request):
+                continue
+            s = info.free.get("CPU", 0)
+            if score is None or s > score:
+                best, score = link, s
+        return best
+
+    def _locality_peer(self, rec):
+        """The peer holding at least LOCALITY_BYTES more of ``rec``'s
+        arguments than we do, if it has room."""
+        entries = self.objects.entries
+        here, there = 0, {}
+        for _, dep in rec.spec.deps:
+            value = entries[dep].value
+            if value is None:
+                continue
+            if value[0] == m.REMOTE:
+                holder = value[1][0]
+                there[holder] = there.get(holder, 0) + value[1][1]
+            elif value[0] == m.SHM or value[0] == m.SPILLED:
+                here += value[1][1]
+        if not there:
+            return None
+        holder = max(there, key=there.get)
+        if there[holder] - here < LOCALITY_BYTES:
+            return None
+        info = self.view.get(holder)
+        link = self.peers.get(holder)
+        if link is None or info is None or not info.has_room(rec.request):
+            return None
+        return link
+
+    def _forward(self, link: PeerLink, rec) -> None:
+        spec = rec.spec
+        rec.state = RUNNING
+        rec.worker = link
+        rec.started_at = time.monotonic()
+        link.inflight[spec.task_id] = rec
+        fid = spec.function_id
+        if fid is not None and fid not in link.functions:
+            link.functions.add(fid)
+            self._send(link, (m.EXPORT, fid, self.functions.get(fid)))
+        ids = [dep for _, dep in spec.deps]
+        ids.extend(spec.contained)
+        self._send(link, (m.FORWARD, spec.to_wire(), self._export(link, ids) if ids else ()))
+        self._peer_call(link, "peer_wait", (spec.return_ids(),),
+                        lambda ok, values, link=link, rec=rec:
+                        self._forwarded_done(link, rec, ok, values))
+        info = self.view.get(link.node_id)
+        if info is not None:
+            info.take(rec.request)
+
+    def _forwarded_done(self, link: PeerLink, rec, ok: bool, values) -> None:
+        freed: list = []
+        mine = link.inflight.pop(rec.spec.task_id, None) is rec and rec.state == RUNNING
+        info = self.view.get(link.node_id) if self.view else None
+        if info is not None and mine:
+            info.take(rec.request, -1)
+        if not ok:
+            values = [(oid, self._error_value(values), False) for oid in rec.spec.return_ids()]
+        self._accept(link, values, freed)
+        if mine:
+            if any(v[0] == m.REMOTE for _, v, _ in values) and rec.spec.max_retries != 0 \
+                    and rec.retries_left != 0:
+                self._keep_lineage(rec)
+            self._task_ended(rec, freed)
+        self._free(freed)
+        self._schedule()
+
+    # ---------------------------------------------------------------- death
+    def _peer_lost(self, link: PeerLink, why: str) -> None:
+        if link.state == "dead":
+            return
+        link.state = "dead"
+        self.loop.call_soon(self._drop_link_fd, link, link.conn.fileno())
+        if self.peers.get(link.node_id) is link:
+            del self.peers[link.node_id]
+        if self.stopped:
+            return
+        for key in [k for k in self.requests if k[0] is link]:
+            req = self.requests.pop(key)
+            req.done = True
+            for oid in req.ids:
+                self.objects.remove_waiter(oid, req.callback)
+            req.callback = None
+        objects = self.objects
+        freed: list = []
+        for oid, n in link.pushed.items():
+            for _ in range(n):
+                objects.unpin(oid, freed)
+        link.pushed = {}
+        for oid, n in link.held.items():
+            objects.remove_ref(oid, n, freed)
+        link.held = {}
+        inflight, link.inflight = link.inflight, {}
+        for rec in inflight.values():
+            if rec.state != RUNNING:
+                continue
+            if rec.cancelled:
+                self._finish(rec, self._error_value(TaskCancelledError(
+                    f"task {rec.spec.name} was cancelled")))
+            elif rec.retries_left != 0:
+                if rec.retries_left > 0:
+                    rec.retries_left -= 1
+                self._requeue(rec)
+            else:
+                self._finish(rec, self._error_value(NodeDiedError(
+                    f"{rec.spec.name} was running on node {link.node_id.hex()[:12]}, which "
+                    f"died: {why}. Its retries (max_retries={rec.spec.max_retries}) are "
+                    f"spent.")))
+        link.calls = {}
+        for oid, e in list(objects.entries.items()):
+            origins = e.origins
+            if not origins or link not in origins:
+                continue
+            del origins[link]
+            if origins:
+                continue
+            e.origins = None
+            value = e.value
+            if oid in self.fetching:
+                continue        # the fetch fails or succeeds by itself
+            if (value is None and e.expected) or (value is not None and value[0] == m.REMOTE):
+                self._remote_lost(oid, e, why)
+        self._free(freed)
+        self._schedule()
+
+    def _drop_link_fd(self, link: PeerLink, fd: int) -> None:
+        """On the loop thread: stop watching the link's socket, then close it
+        (in this order, so that a reused fd number is never unwatched)."""
+        self.loop.remove(fd)
+        link.conn.close()
+
