@@ -20,7 +20,7 @@ from ..exceptions import ActorDiedError
 from ..scheduler.task import ACTOR_CALL, TaskSpec, object_id_for
 from ..transport import messages as m
 from .placement import GONE
-from .records import FINISHED, RUNNING, WAITING_DEPS, TaskRecord
+from .records import FINISHED, HERE, RUNNING, WAITING_DEPS, TaskRecord
 from .workers import ACTOR as W_ACTOR
 
 PENDING, ALIVE, RESTARTING, DEAD = "PENDING_CREATION", "ALIVE", "RESTARTING", "DEAD"
@@ -35,6 +35,7 @@ class ActorRecord:
         self.handle_id = object_id_for(spec.task_id, 1)
         self.state = PENDING
         self.worker = None
+        self.remote = None         # the PeerLink to the node hosting it, if not this one
         self.assignment = None
         self.placement = None      # (pg_id, bundle_index, capture) when in a placement group
         self.queue: deque = deque()
@@ -52,6 +53,20 @@ class ActorRecord:
         self.death_reason = None
         self.death_cause = None
         self.started_at = 0.0       # time.monotonic() when (re)started on its worker
+
+    @classmethod
+    def proxy(cls, actor_id: bytes, link) -> "ActorRecord":
+        """An actor another node hosts, known here only through a handle
+        that came over ``link``: calls go over that link (node/peers.py)."""
+        spec = TaskSpec(actor_id, 1, None, "actor", None, None, (), 1, {}, 0, False, (),
+                        None, None, None, {})
+        actor = cls(spec, {})
+        actor.remote = link
+        actor.state = ALIVE
+        actor.borrowed = True
+        return actor
+
+    borrowed = False
 
     def death_message(self) -> str:
         reason = self.death_reason or "The actor is dead."
@@ -72,6 +87,10 @@ class NodeActors:
             actor.exit_reason = "The actor was killed by shoal.kill()."
         if actor.worker is not None:
             actor.worker.proc.kill()
+        elif actor.remote is not None:
+            self._peer_call(actor.remote, "kill_actor", (actor_id, no_restart), _ignore)
+            if no_restart:
+                self._actor_dead(actor, actor.exit_reason)
         elif actor.state != DEAD and no_restart:
             self._actor_dead(actor, actor.exit_reason)
         reply(True, None)
@@ -105,6 +124,12 @@ class NodeActors:
             if actor.state == DEAD:
                 continue
             if actor.assignment is None:
+                rec = self.tasks.get(actor.actor_id) if self.peers else None
+                if rec is not None and actor.placement is None and rec.route != HERE:
+                    link = self._forward_first(rec)
+                    if link is not None:
+                        self._forward_actor(link, actor, rec)
+                        continue
                 a = self._acquire(actor.placement, actor.request)
                 if a is GONE:
                     actor.no_restart = True
@@ -112,6 +137,11 @@ class NodeActors:
                     continue
                 actor.assignment = a
                 if actor.assignment is None:
+                    link = self._forward_overflow(rec) if rec is not None \
+                        and actor.placement is None and rec.route != HERE else None
+                    if link is not None:
+                        self._forward_actor(link, actor, rec)
+                        continue
                     self.pending_actors.append(actor)
                     continue
             w = self.idle.pop() if self.idle else None
@@ -160,6 +190,12 @@ class NodeActors:
         if actor.state != ALIVE:
             return
         q = actor.queue
+        if actor.remote is not None:       # hosted by a peer: calls go there, in order
+            while q and (q[0].state == FINISHED or not q[0].deps_left):
+                rec = q.popleft()
+                if rec.state != FINISHED:
+                    self._forward(actor.remote, rec)
+            return
         w = actor.worker
         limit = actor.max_concurrency
         while q:
@@ -257,6 +293,10 @@ class NodeActors:
         self.pending_actors.append(actor)
         self._schedule()
 
+
+
+def _ignore(ok, value) -> None:
+    pass
 
 
 def _kill_if_alive(proc) -> None:

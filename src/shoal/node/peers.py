@@ -44,14 +44,16 @@ import time
 
 from ..exceptions import NodeDiedError, ObjectStoreFullError, TaskCancelledError
 from ..scheduler.resources import NodeResources
-from ..scheduler.task import STREAMING, TaskSpec, mapped_id
+from ..exceptions import ActorDiedError
+from ..scheduler.task import (ACTOR_CALL, ACTOR_CREATE, STREAMING, TASK, TaskSpec, mapped_id,
+                              object_id_for)
+from .actors import ALIVE, DEAD, PENDING, RESTARTING, ActorRecord
 from ..transport import messages as m
 from ..transport.framing import Connection, ConnectionClosed
-from .records import FINISHED, RUNNING
+from .records import HERE, RUNNING, WAITING_DEPS
 
-HERE = "here"                  # a TaskRecord.route: run on this node, never forward
 LOCALITY_BYTES = 1 << 20       # arguments this large on one peer draw the task there
-PEER_OPS = frozenset({"peer_wait", "cancel"})
+PEER_OPS = frozenset({"peer_wait", "cancel", "kill_actor"})
 
 
 class PeerInfo:
@@ -615,9 +617,83 @@ class NodePeers:
         if info is not None:
             info.take(rec.request)
 
+    # --------------------------------------------------------------- actors
+    def _forward_actor(self, link: PeerLink, actor, rec) -> None:
+        """Have the peer host ``actor``: it creates it and runs its calls; we
+        forward them (``_pump_actor``) and restart it elsewhere if it dies."""
+        actor.remote = link
+        self._forward(link, rec)
+
+    def _remote_actor_created(self, link: PeerLink, actor, value: tuple) -> None:
+        if value[0] == m.ERROR:
+            actor.no_restart = True
+            self._actor_dead(actor, "The actor's constructor raised an error; see the cause "
+                             "above.", cause=value)
+            return
+        actor.state = ALIVE
+        self._pump_actor(actor)
+
+    def _borrowed_actor(self, actor_id: bytes):
+        """A call to an actor we only hold a handle to: reach it through the
+        node the handle came from."""
+        e = self.objects.get(object_id_for(actor_id, 1))
+        link = next((link for link in (e.origins or ()) if link.state != "dead"), None) \
+            if e is not None else None
+        if link is None:
+            return None
+        actor = self.actors[actor_id] = ActorRecord.proxy(actor_id, link)
+        return actor
+
+    def _remote_actor_lost(self, actor, calls: list, why: str) -> None:
+        """The node hosting ``actor`` died: restart it elsewhere if it may."""
+        actor.remote = None
+        created = actor.state != PENDING
+        restartable = not actor.borrowed and not actor.no_restart and (
+            actor.restarts_left != 0 or not created)
+        if not restartable:
+            reason = actor.exit_reason or (
+                f"The node hosting it died ({why})" + (
+                    "" if actor.borrowed else f"; max_restarts={actor.spec.options.get('max_restarts', 0)} "
+                    f"does not allow restarting it"))
+            for rec in calls:
+                self._finish(rec, self._error_value(ActorDiedError(
+                    f"{reason} (while running {rec.spec.name})", actor.actor_id.hex())))
+            self._actor_dead(actor, reason)
+            return
+        if created:
+            if actor.restarts_left > 0:
+                actor.restarts_left -= 1
+            actor.num_restarts += 1
+            actor.state = RESTARTING
+        retry = []
+        for rec in calls:
+            if rec.retries_left != 0:
+                if rec.retries_left > 0:
+                    rec.retries_left -= 1
+                rec.state = WAITING_DEPS
+                rec.deps_left = 0
+                retry.append(rec)
+            else:
+                self._finish(rec, self._error_value(ActorDiedError(
+                    f"The node hosting the actor died ({why}) while it ran {rec.spec.name}; "
+                    f"the actor is restarting, but max_task_retries does not allow this call "
+                    f"to be retried.", actor.actor_id.hex())))
+        actor.queue.extendleft(reversed(retry))
+        self.pending_actors.append(actor)
+
     def _forwarded_done(self, link: PeerLink, rec, ok: bool, values) -> None:
         freed: list = []
         mine = link.inflight.pop(rec.spec.task_id, None) is rec and rec.state == RUNNING
+        if rec.spec.kind == ACTOR_CREATE:
+            if not ok:
+                values = [(rec.spec.return_ids()[0], self._error_value(values), False)]
+            self._accept(link, values, freed)
+            actor = self.actors.get(rec.spec.task_id)
+            if mine and actor is not None and actor.remote is link:
+                self._remote_actor_created(link, actor, values[0][1])
+            self._free(freed)
+            self._schedule()
+            return
         info = self.view.get(link.node_id) if self.view else None
         if info is not None and mine:
             info.take(rec.request, -1)
@@ -658,8 +734,13 @@ class NodePeers:
             objects.remove_ref(oid, n, freed)
         link.held = {}
         inflight, link.inflight = link.inflight, {}
+        for actor in list(self.actors.values()):
+            if actor.remote is link and actor.state != DEAD:
+                calls = [r for r in inflight.values() if r.state == RUNNING and
+                         r.spec.actor_id == actor.actor_id and r.spec.kind == ACTOR_CALL]
+                self._remote_actor_lost(actor, calls, why)
         for rec in inflight.values():
-            if rec.state != RUNNING:
+            if rec.state != RUNNING or rec.spec.kind != TASK:
                 continue
             if rec.cancelled:
                 self._finish(rec, self._error_value(TaskCancelledError(

@@ -9,6 +9,7 @@ import time
 from ..scheduler.task import TaskSpec
 
 QUEUED, WAITING_DEPS, RUNNING, FINISHED = "queued", "waiting", "running", "finished"
+HERE = "here"       # a TaskRecord.route: run on this node, never forward (node/peers.py)
 
 
 class TaskRecord:

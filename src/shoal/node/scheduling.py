@@ -21,9 +21,8 @@ from ..scheduler.resources import NodeResources
 from ..scheduler.task import ACTOR_CALL, ACTOR_CREATE, STREAMING, TASK, TaskSpec, object_id_for
 from ..transport import messages as m
 from .actors import DEAD, ActorRecord
-from .peers import HERE
 from .placement import GONE
-from .records import QUEUED, RUNNING, WAITING_DEPS, GeneratorState, TaskRecord
+from .records import HERE, QUEUED, RUNNING, WAITING_DEPS, GeneratorState, TaskRecord
 from .services import DRIVER
 from .workers import BUSY
 
@@ -60,6 +59,8 @@ class NodeScheduling:
                 parent.children.append(tid)
         if spec.kind == ACTOR_CALL:
             actor = self.actors.get(spec.actor_id)
+            if (actor is None or (actor.borrowed and actor.state == DEAD)) and self.peers:
+                actor = self._borrowed_actor(spec.actor_id) or actor
             objects.pin(object_id_for(spec.actor_id, 1))
             if actor is None or actor.state == DEAD:
                 self._finish(rec, self._error_value(ActorDiedError(
