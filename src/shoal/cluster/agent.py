@@ -37,19 +37,24 @@ def log(msg: str) -> None:
 
 
 class Agent:
-    def __init__(self, address: str, token: str, resources: dict, store: int,
-                 is_head_node: bool):
-        from ..node.node import Node
+    """Joins ``node`` to the cluster at ``address`` and keeps it there. A
+    machine's agent process has one (``main``); so does a driver on a
+    machine without a node (``driver=True``, core/client.py): its node has
+    no workers and sends all work to the others."""
+
+    def __init__(self, address: str, token: str, node, is_head_node: bool = False,
+                 driver: bool = False):
         self.address = address
         self.token = token
         self.stop_event = threading.Event()
-        self.node = Node(resources, store, False, "cluster", os.urandom(4), os.urandom(16))
+        self.node = node
         self.node_id = self.node.node_id.hex()
         self.info = {"host": socket.gethostname(), "pid": os.getpid(),
-                     "resources": self.node.total_resources, "is_head_node": is_head_node}
-        self.listener = threading.Thread(target=self._listen_for_drivers, daemon=True,
-                                         name="shoal-driver-listener")
-        self.listener.start()
+                     "resources": self.node.total_resources, "is_head_node": is_head_node,
+                     "driver": driver}
+        if not driver:
+            threading.Thread(target=self._listen_for_drivers, daemon=True,
+                             name="shoal-driver-listener").start()
         self.peer_listener = None       # other nodes' links and fetches, once we know our address
 
     # ------------------------------------------------------------ drivers
@@ -118,22 +123,34 @@ class Agent:
             host = client.sock.getsockname()[0]
             self.peer_listener = PeerListener(self.node, self.token, host, log)
             self.info["peer_address"] = list(self.peer_listener.address)
-            self.node.join_cluster(self.token, Fetcher(self.token), log)
+            self.node.join_cluster(self.token, Fetcher(self.token), log,
+                                   self.peer_listener.address, self.info["driver"])
         while client.call("register_node", self.node_id, self.info) == "fenced":
             old = self.node_id
             self.node_id = os.urandom(16).hex()
             self.node.rejoined(bytes.fromhex(self.node_id))
             log(f"the head declared node {old[:12]} dead; rejoining as {self.node_id[:12]}")
 
-    def run(self) -> None:
+    def join(self) -> HeadClient:
+        """Connect and register once; errors (a wrong token, no head) raise."""
+        client = HeadClient(self.address, self.token, "node")
+        try:
+            self._register(client)
+            self.node.update_view(client.call("view"))
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    def run(self, first: HeadClient | None = None) -> None:
         interval = config.get("heartbeat_interval_s")
         backoff = 0.2
         while not self.stop_event.is_set():
             try:
-                with HeadClient(self.address, self.token, "node") as client:
-                    self._register(client)
-                    log(f"joined the cluster at {self.address} as node {self.node_id[:12]}")
-                    self.node.update_view(client.call("view"))
+                with (first or self.join()) as client:
+                    first = None
+                    if not self.info["driver"]:
+                        log(f"joined the cluster at {self.address} as node {self.node_id[:12]}")
                     backoff = 0.2
                     while not self.stop_event.wait(interval):
                         answer = client.call("heartbeat", self.node_id, *self._load())
@@ -178,7 +195,9 @@ def main(argv=None) -> int:
     custom = json.loads(args.resources) if args.resources else None
     res, store = machine_resources(args.num_cpus, args.num_gpus, custom,
                                    args.object_store_memory)
-    agent = Agent(args.address, find_token(args.token_file), res, store, args.head_node)
+    from ..node.node import Node
+    node = Node(res, store, False, "cluster", os.urandom(4), os.urandom(16))
+    agent = Agent(args.address, find_token(args.token_file), node, args.head_node)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.stop_event.set())
     agent.run()

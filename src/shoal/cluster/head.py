@@ -62,6 +62,7 @@ class NodeEntry:
                 "available": self.available, "pending_tasks": self.pending,
                 "is_head_node": self.info.get("is_head_node", False),
                 "peer_address": self.info.get("peer_address"),
+                "driver": bool(self.info.get("driver")),
                 "death_reason": self.death_reason}
 
 

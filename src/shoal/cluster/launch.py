@@ -180,7 +180,9 @@ def status(address: str | None = None, token_file: str | None = None) -> dict:
 
 def format_status(s: dict) -> str:
     head = s["head"]
-    nodes = s["nodes"]
+    # a driver on a machine without a node joins with a node of its own that runs nothing
+    drivers = [n for n in s["nodes"] if n.get("driver") and n["state"] == "ALIVE"]
+    nodes = [n for n in s["nodes"] if not n.get("driver")]
     alive = [n for n in nodes if n["state"] == "ALIVE"]
     lines = [f"head {head['host']}:{head['port']} (pid {head['pid']}), "
              f"{len(alive)} node(s) alive, {len(nodes) - len(alive)} dead"]
@@ -207,4 +209,8 @@ def format_status(s: dict) -> str:
         extra = f" ({n['death_reason']})" if n["state"] == "DEAD" else ""
         lines.append(f"  {n['node_id'][:12]} {n['state']:<5} {n['host']} pid={n['pid']} "
                      f"{res}{' [head]' if n['is_head_node'] else ''}{extra}")
+    if drivers:
+        lines.append("drivers connected from machines without a node:")
+        for n in drivers:
+            lines.append(f"  {n['node_id'][:12]} {n['host']} pid={n['pid']}")
     return "\n".join(lines)

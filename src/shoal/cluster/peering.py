@@ -5,7 +5,7 @@ from: loopback for a loopback cluster) for other nodes. A connection proves
 the cluster token (auth.py, role "node") before anything it sends is read,
 then says what it is for in its first frame:
 
-- ``("link", node_id)``: a control link between two nodes (node/peers.py):
+- ``("link", node_id, listen_address)``: a control link between two nodes (node/peers.py):
   both sides then exchange node messages over it, non-blocking, on the
   node's loop. The node with the lower id dials, so a pair has one link.
 - ``("fetch",)``: object transfer. The fetcher sends ``(object_id,)``; the
@@ -90,11 +90,17 @@ class PeerListener:
             self.log(f"refused a peer connection from {peer}: bad first frame")
             conn.close()
             return
-        if first[0] == "link" and len(first) == 2 and isinstance(first[1], bytes):
-            conn.sendall(encode(("link", self.node.node_id)))
+        if first[0] == "link" and len(first) == 3 and isinstance(first[1], bytes):
+            try:
+                their_address = _parse(first[2])
+            except (TypeError, ValueError):
+                self.log(f"refused a peer connection from {peer}: bad address {first[2]!r}")
+                conn.close()
+                return
+            conn.sendall(encode(("link", self.node.node_id, self.address)))
             conn.settimeout(None)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.node.attach_peer(conn, first[1], addr)
+            self.node.attach_peer(conn, first[1], their_address)
         elif first[0] == "fetch":
             conn.settimeout(None)
             try:
@@ -128,13 +134,13 @@ class PeerListener:
                 done()
 
 
-def dial_link(address, token: str, my_id: bytes) -> tuple[socket.socket, bytes]:
+def dial_link(address, token: str, my_id: bytes, my_address) -> tuple[socket.socket, bytes]:
     """Open a control link to the node at ``address``: (socket, its node id)."""
     sock = socket.create_connection(_parse(address), timeout=config.get("handshake_timeout_s"))
     try:
         client_handshake(sock, token, "node")
-        sock.sendall(encode(("link", my_id)))
-        kind, their_id = _read_frame(sock)
+        sock.sendall(encode(("link", my_id, tuple(my_address))))
+        kind, their_id, _ = _read_frame(sock)
         if kind != "link" or not isinstance(their_id, bytes):
             raise ConnectionError("the peer did not answer the link request")
         sock.settimeout(None)

@@ -78,6 +78,40 @@ class ClientCore(WorkerCore):
         self.arena.close()
 
 
+def join_as_driver(address: str, namespace: str | None):
+    """A driver on a machine without a node of the cluster: this process
+    gets a node of its own with no workers (``runs_tasks=False``) that joins
+    the cluster (an Agent thread registers and heartbeats it) and sends
+    every task and actor to the other nodes. Objects come to it as to any
+    node (fetched into its own shared memory), so ``get`` stays zero-copy.
+    The token comes from SHOAL_TOKEN or the state directory's token file."""
+    from .. import config
+    from ..cluster.agent import Agent
+    from ..cluster.auth import find_token
+    from ..node.machine import machine_resources
+    from ..node.node import Node
+    from .driver import DriverCore
+    token = find_token(None)
+    _, store = machine_resources(0, 0, None, None)
+    ns = namespace or "anonymous-" + os.urandom(4).hex()
+    node = Node({"CPU": 0}, store, True, ns, os.urandom(4), os.urandom(16), runs_tasks=False)
+    agent = Agent(address, token, node, driver=True)
+    try:
+        client = agent.join()
+    except BaseException:
+        if agent.peer_listener is not None:
+            agent.peer_listener.stop()
+        node.stop()
+        raise
+    thread = threading.Thread(target=agent.run, args=(client,), daemon=True,
+                              name="shoal-driver-agent")
+    thread.start()
+    node.wait_for_links(config.get("handshake_timeout_s"))
+    core = DriverCore(node, ns)
+    core.agent, core.agent_thread = agent, thread
+    return core
+
+
 def connect(address: str, namespace: str | None = None) -> ClientCore:
     """Connect to the node agent on this machine for cluster ``address``
     ("auto", or the head's HOST:PORT as `shoal start --head` printed it)."""
@@ -85,13 +119,10 @@ def connect(address: str, namespace: str | None = None) -> ClientCore:
     from ..cluster.state import StateDir
     state = StateDir()
     head = state.read_head()
-    if address != "auto":
-        if head is None or address.rpartition(":")[2] != str(head["port"]):
-            raise ConnectionError(
-                f"no cluster at {address} has a node on this machine: start one with "
-                f"`shoal start --head` or `shoal start --address {address}` (connecting a "
-                f"driver from a machine without a node is not supported yet)")
     nodes = [n for n in state.local_nodes() if psutil.pid_exists(n["pid"])]
+    if address != "auto" and (not nodes or head is None
+                              or address.rpartition(":")[2] != str(head["port"])):
+        return join_as_driver(address, namespace)
     if not nodes:
         raise ConnectionError(
             "no running shoal node on this machine: start a cluster with `shoal start --head` "

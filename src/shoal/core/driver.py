@@ -53,7 +53,7 @@ class DriverCore(Core):
             entries = node.objects.entries
             for oid in ids:
                 e = entries.get(oid)
-                if e is None or e.value is None or e.value[0] == SPILLED:
+                if e is None or e.value is None or e.value[0] >= SPILLED:   # spilled, remote
                     break
             else:
                 return node._ship_many(ids, None)
@@ -105,7 +105,13 @@ class DriverCore(Core):
     def generator_next_future(self, task_id: bytes, index: int):
         return self._service_future("generator_next", (task_id, index), lambda v: v)
 
+    agent = None        # the Agent joining this driver's node to a cluster (core/client.py)
+    agent_thread = None
+
     def shutdown(self) -> None:
+        if self.agent is not None:
+            self.agent.stop_event.set()
+            self.agent_thread.join(timeout=10)
         self.node.stop()
 
 

@@ -130,7 +130,7 @@ class NodeActors:
                     if link is not None:
                         self._forward_actor(link, actor, rec)
                         continue
-                a = self._acquire(actor.placement, actor.request)
+                a = self._acquire(actor.placement, actor.request) if self.runs_tasks else None
                 if a is GONE:
                     actor.no_restart = True
                     self._actor_dead(actor, "Its placement group was removed.")

@@ -55,7 +55,8 @@ class Node(NodeScheduling, NodeWorkerPool, NodeServices, NodeActors, NodePlaceme
     tasks, borrowed objects)."""
 
     def __init__(self, resources: dict[str, float], object_store_memory: int,
-                 log_to_driver: bool, namespace: str, job_id: bytes, node_id: bytes):
+                 log_to_driver: bool, namespace: str, job_id: bytes, node_id: bytes,
+                 runs_tasks: bool = True):
         self.lock = threading.RLock()
         self.node_id = node_id
         self.job_id = job_id
@@ -102,7 +103,9 @@ class Node(NodeScheduling, NodeWorkerPool, NodeServices, NodeActors, NodePlaceme
         self.pipeline_depth = config.get("pipeline_depth")
         self.fail_infeasible = config.get("fail_infeasible")
         self.idle_timeout = config.get("idle_worker_timeout_s")
-        self.target_pool = max(1, int(resources.get("CPU", 1)))
+        # a driver's node in a cluster runs nothing itself (core/client.py)
+        self.runs_tasks = runs_tasks
+        self.target_pool = max(1, int(resources.get("CPU", 1))) if runs_tasks else 0
         self.stopped = False
         self.procs: list = []                     # every worker process started, for reaping
         self.relays: list = []                    # output relays of live workers
@@ -111,7 +114,8 @@ class Node(NodeScheduling, NodeWorkerPool, NodeServices, NodeActors, NodePlaceme
         self.loop = EventLoop()
         self.loop.start()
         self.starting = self.target_pool
-        self.loop.call_soon(self._grow_pool, self.target_pool)
+        if runs_tasks:
+            self.loop.call_soon(self._grow_pool, self.target_pool)
         self.loop.call_later(0.1, self._drain_driver_refs)
         self.memory_monitor = MemoryMonitor.start_for(self)   # None when turned off
 

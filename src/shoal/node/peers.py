@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 import time
 
@@ -53,22 +54,27 @@ from ..transport.framing import Connection, ConnectionClosed
 from .records import HERE, RUNNING, WAITING_DEPS
 
 LOCALITY_BYTES = 1 << 20       # arguments this large on one peer draw the task there
+DIAL_RETRY_S = 2.0             # between attempts to link to a node that did not answer
 PEER_OPS = frozenset({"peer_wait", "cancel", "kill_actor"})
 
 
 class PeerInfo:
     """What the head last said about another node, and our use of it since."""
-    __slots__ = ("node_id", "address", "total", "free", "cpu_slack")
+    __slots__ = ("node_id", "address", "total", "free", "cpu_slack", "driver")
 
-    def __init__(self, node_id: bytes, address: tuple, total: dict, free: dict):
+    def __init__(self, node_id: bytes, address: tuple, total: dict, free: dict,
+                 driver: bool = False):
         self.node_id = node_id
         self.address = address
         self.total = total
         self.free = free
+        self.driver = driver         # a driver's node: it runs nothing
         # forwarded tasks may queue a little on a busy peer, to keep it fed
         self.cpu_slack = total.get("CPU", 0)
 
     def has_room(self, request: dict) -> bool:
+        if self.driver:
+            return False
         free = self.free
         for k, v in request.items():
             have = free.get(k, 0) + (self.cpu_slack if k == "CPU" else 0)
@@ -77,7 +83,7 @@ class PeerInfo:
         return True
 
     def fits_total(self, request: dict) -> bool:
-        return all(self.total.get(k, 0) >= v for k, v in request.items())
+        return not self.driver and all(self.total.get(k, 0) >= v for k, v in request.items())
 
     def take(self, request: dict, sign: int = 1) -> None:
         free = self.free
@@ -118,14 +124,18 @@ class NodePeers:
     REMOTE value being fetched})."""
 
     # -------------------------------------------------------------- joining
-    def join_cluster(self, token: str, fetcher, log) -> None:
-        """Called by the agent: from now on this node works with peers."""
+    def join_cluster(self, token: str, fetcher, log, address, driver: bool = False) -> None:
+        """Called by the agent: from now on this node works with peers. A
+        driver's node (``driver``) dials every node and is never sent work."""
         with self.lock:
             self.view = {}
+            self.driver_node = driver
+            self.peer_address = tuple(address)     # where our PeerListener listens
             self.peer_token = token
             self.fetcher = fetcher
             self.peer_log = log
-            self.dialing: set = set()
+            self.dialing: dict = {}     # node_id -> when we may dial it (again)
+            self.dial_failed: set = set()
 
     def update_view(self, nodes: list) -> None:
         """The head's list of nodes (from the agent's heartbeat thread)."""
@@ -141,32 +151,53 @@ class NodePeers:
                     continue
                 alive[nid] = PeerInfo(nid, tuple(address),
                                       NodeResources.quantize(n.get("resources") or {}),
-                                      NodeResources.quantize(n.get("available") or {}))
+                                      NodeResources.quantize(n.get("available") or {}),
+                                      bool(n.get("driver")))
             for nid in list(self.peers):
-                if nid not in alive:
+                # gone from the head's list: dead. (A node that linked to us
+                # before our view knew it is kept: it joined after our last look.)
+                if nid not in alive and nid in self.view:
                     self._close_link(self.peers[nid])
             self.view = alive
             for nid, info in alive.items():
-                if nid not in self.peers and nid not in self.dialing and self.node_id < nid:
-                    self.dialing.add(nid)
+                if nid in self.peers or self.dialing.get(nid, 0.0) > time.monotonic():
+                    continue
+                if self.driver_node or (not info.driver and self.node_id < nid):
+                    self.dialing[nid] = float("inf")
                     dial.append(info)
             self._schedule()
         for info in dial:
             threading.Thread(target=self._dial, args=(info,), daemon=True,
                              name="shoal-peer-dial").start()
 
+    def wait_for_links(self, timeout: float) -> None:
+        """Until every working node we know of is linked (a new driver's
+        first tasks should see them all), or ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if all(nid in self.peers for nid, info in self.view.items() if not info.driver):
+                    return
+            time.sleep(0.01)
+
     def _dial(self, info: PeerInfo) -> None:
         from ..cluster.peering import dial_link
         try:
-            sock, their_id = dial_link(info.address, self.peer_token, self.node_id)
+            sock, their_id = dial_link(info.address, self.peer_token, self.node_id,
+                                       self.peer_address)
         except (OSError, ConnectionError) as e:
-            self.peer_log(f"cannot reach node {info.node_id.hex()[:12]} at "
-                          f"{info.address[0]}:{info.address[1]}: {e}")
             with self.lock:
-                self.dialing.discard(info.node_id)
+                first = info.node_id not in self.dialing or self.dialing[info.node_id] == \
+                    float("inf") and info.node_id not in self.dial_failed
+                self.dial_failed.add(info.node_id)
+                self.dialing[info.node_id] = time.monotonic() + DIAL_RETRY_S
+            if first:     # it retries every DIAL_RETRY_S while the head lists it as alive
+                self.peer_log(f"cannot reach node {info.node_id.hex()[:12]} at "
+                              f"{info.address[0]}:{info.address[1]}: {e}")
             return
         with self.lock:
-            self.dialing.discard(info.node_id)
+            self.dialing.pop(info.node_id, None)
+            self.dial_failed.discard(info.node_id)
         if their_id != info.node_id:
             sock.close()
             return
@@ -234,7 +265,7 @@ class NodePeers:
             link.held[rid] = link.held.get(rid, 0) + 1
         self._submit(spec, link)
         for oid in touched:
-            objects.release_if_unheld(oid, freed)
+            objects.unpin(oid, freed)
 
     def _l_push(self, link, msg, freed) -> None:
         self._accept(link, msg[1], freed)
@@ -270,6 +301,14 @@ class NodePeers:
         self.functions[msg[1]] = msg[2]
 
     def _l_output(self, link, msg, freed) -> None:
+        if self.driver_node:       # the driver is this process: print it here
+            stream = sys.stderr if msg[1] else sys.stdout
+            try:
+                stream.write(msg[2])
+                stream.flush()
+            except (ValueError, OSError):
+                pass
+            return
         self._to_drivers(msg[1], msg[2], to_peers=False)
 
     _link_handlers = {m.FORWARD: _l_forward, m.PUSH: _l_push, m.RELEASE: _l_release,
@@ -309,12 +348,15 @@ class NodePeers:
 
     def _accept(self, link: PeerLink, values: list, freed: list, release: bool = True) -> list:
         """Take values a peer sent (a PUSH, a FORWARD's arguments, a
-        peer_wait reply); returns their ids."""
+        peer_wait reply); returns their ids. With ``release`` False they stay
+        pinned once each, for the caller to unpin."""
         objects = self.objects
         wait, touched = [], []
-        for oid, value, pinned in values:
-            e = objects.ensure(oid)
+        for oid, _, _ in values:      # held while we sort them out (_store frees the unheld)
+            objects.pin(oid)
             touched.append(oid)
+        for oid, value, pinned in values:
+            e = objects.entries[oid]
             if pinned:
                 if e.origins is None:
                     e.origins = {}
@@ -337,7 +379,7 @@ class NodePeers:
                             self._on_peer_values(link, wait, ok, vals))
         if release:
             for oid in touched:
-                objects.release_if_unheld(oid, freed)
+                objects.unpin(oid, freed)
         return touched
 
     def _on_peer_values(self, link: PeerLink, wanted: list, ok: bool, values) -> None:
@@ -390,9 +432,11 @@ class NodePeers:
         """Pull a REMOTE value's bytes into this node's store. The entry waits
         meanwhile (value None, expected), so whoever needs it just waits."""
         marker = e.value
-        info = self.view.get(marker[1][0]) if self.view else None
+        holder = marker[1][0]
+        link = self.peers.get(holder)      # a node that linked to us may be newer than our view
+        info = link or (self.view.get(holder) if self.view else None)
         if info is None:
-            self._remote_lost(oid, e, f"node {marker[1][0].hex()[:12]} that held it is gone")
+            self._remote_lost(oid, e, f"node {holder.hex()[:12]} that held it is gone")
             return
         e.value = None
         e.expected = True

@@ -192,7 +192,7 @@ class NodeScheduling:
                     q.popleft()
                     self._forward(link, rec)
                     return True
-            assignment = self.resources.try_acquire(rec.request)
+            assignment = self.resources.try_acquire(rec.request) if self.runs_tasks else None
             if assignment is None and self.peers and rec.route != HERE:
                 link = self._forward_overflow(rec)
                 if link is not None:
