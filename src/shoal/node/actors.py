@@ -125,7 +125,12 @@ class NodeActors:
                 continue
             if actor.assignment is None:
                 rec = self.tasks.get(actor.actor_id) if self.peers else None
-                if rec is not None and actor.placement is None and rec.route != HERE:
+                if rec is not None and actor.placement is not None:
+                    link = self._pg_forward_target(rec)
+                    if link is not None:
+                        self._forward_actor(link, actor, rec)
+                        continue
+                elif rec is not None and rec.route != HERE:
                     link = self._forward_first(rec)
                     if link is not None:
                         self._forward_actor(link, actor, rec)

@@ -37,6 +37,7 @@ from .memory import NodeMemory
 from .memory_monitor import MemoryMonitor
 from .peers import NodePeers
 from .placement import NodePlacement
+from .spread_pg import NodeSpreadPlacement
 from .pool import NodeWorkerPool
 from .records import FINISHED, WAITING_DEPS, GeneratorState, TaskRecord
 from .scheduling import NodeScheduling
@@ -44,7 +45,7 @@ from .services import NodeServices
 
 
 class Node(NodeScheduling, NodeWorkerPool, NodeServices, NodeActors, NodePlacement, NodeMemory,
-           NodeLineage, NodePeers):
+           NodeLineage, NodePeers, NodeSpreadPlacement):
     """One machine's runtime. Its methods are split by concern: this file
     (state, refs and freeing, messages from workers, results, shutdown),
     scheduling.py (submitting and scheduling tasks), pool.py (worker
@@ -99,6 +100,7 @@ class Node(NodeScheduling, NodeWorkerPool, NodeServices, NodeActors, NodePlaceme
         self.peers: dict = {}                     # node_id -> PeerLink
         self.fetching: dict = {}                  # object_id -> REMOTE value being fetched
         self.spread_turn = 0
+        self.lost_bundles = False                 # a placement group lost bundles with a peer
         self.inline_threshold = config.get("inline_threshold")
         self.pipeline_depth = config.get("pipeline_depth")
         self.fail_infeasible = config.get("fail_infeasible")

@@ -55,7 +55,7 @@ from .records import HERE, RUNNING, WAITING_DEPS
 
 LOCALITY_BYTES = 1 << 20       # arguments this large on one peer draw the task there
 DIAL_RETRY_S = 2.0             # between attempts to link to a node that did not answer
-PEER_OPS = frozenset({"peer_wait", "cancel", "kill_actor"})
+PEER_OPS = frozenset({"peer_wait", "cancel", "kill_actor", "pg_reserve", "pg_remove"})
 
 
 class PeerInfo:
@@ -777,6 +777,8 @@ class NodePeers:
         for oid, n in link.held.items():
             objects.remove_ref(oid, n, freed)
         link.held = {}
+        self._pg_owner_lost(link)
+        self._pg_peer_lost(link)
         inflight, link.inflight = link.inflight, {}
         for actor in list(self.actors.values()):
             if actor.remote is link and actor.state != DEAD:

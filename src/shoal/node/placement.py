@@ -31,13 +31,15 @@ from ..transport import messages as m
 from .records import RUNNING
 
 PENDING, CREATED, REMOVED = "PENDING", "CREATED", "REMOVED"
+LOST = b"lost"       # pg.nodes entry of a bundle whose node died (spread_pg.py)
 GONE = object()      # what acquiring from a removed group returns
 _KEEP_REMOVED = 1000  # removed groups placement_group_table() still shows
 
 
 class PlacementGroupRecord:
     __slots__ = ("pg_id", "name", "namespace", "bundles", "strategy", "state", "pools",
-                 "reserved", "detached", "ready_id", "shapes", "infeasible", "created_at")
+                 "reserved", "detached", "ready_id", "shapes", "infeasible", "created_at",
+                 "nodes", "owner", "reserving", "refused", "retry_at")
 
     def __init__(self, pg_id: bytes, bundles: list, strategy: str, name: str, namespace: str,
                  detached: bool):
@@ -54,6 +56,14 @@ class PlacementGroupRecord:
         self.shapes = [NodeResources(b) for b in bundles]   # for feasibility checks
         self.infeasible = None
         self.created_at = time.time()
+        # across nodes (spread_pg.py): where each bundle lives (None: here), the
+        # peer link that owns this group if we only hold bundles for it, and
+        # how many peers have yet to answer a reservation
+        self.nodes: list = []
+        self.owner = None
+        self.reserving = 0
+        self.refused = False
+        self.retry_at = 0.0
 
     def table(self, node_id: str) -> dict:
         """This group as Ray's placement_group_table() describes one."""
@@ -62,8 +72,10 @@ class PlacementGroupRecord:
             "placement_group_id": self.pg_id.hex(),
             "name": self.name,
             "bundles": {i: dict(b) for i, b in enumerate(self.bundles)},
-            "bundles_to_node_id": {i: node_id for i in range(len(self.bundles))} if placed
-            else {},
+            "bundles_to_node_id": ({i: (node_id if n is None else n.hex()) for i, n in
+                                    enumerate(self.nodes or [None] * len(self.bundles))
+                                    if n is None or isinstance(n, bytes) and len(n) == 16}
+                                   if placed else {}),
             "strategy": self.strategy,
             "state": self.state,
             "is_detached": self.detached,
@@ -130,6 +142,8 @@ class NodePlacement:
     # ------------------------------------------------------------ placing
     def _pg_infeasible(self, pg: PlacementGroupRecord) -> str | None:
         """Why ``pg`` can never be placed on this node, or None."""
+        if self.view is not None:
+            return self._pg_infeasible_in_cluster(pg)
         if pg.strategy == "STRICT_SPREAD" and len(pg.bundles) > 1:
             return (f"STRICT_SPREAD puts each of its {len(pg.bundles)} bundles on a different "
                     f"node, and this cluster has 1 node")
@@ -150,6 +164,12 @@ class NodePlacement:
         for pg in self.pending_pgs:
             if pg.state != PENDING:
                 continue
+            if self.peers:
+                placed = self._place_across(pg)
+                if placed != "local":
+                    if pg.state == PENDING:
+                        still.append(pg)
+                    continue
             taken = []
             for bundle in pg.bundles:
                 a = self.resources.try_acquire(NodeResources.quantize(bundle))
@@ -165,10 +185,20 @@ class NodePlacement:
             pg.pools = [NodeResources(b, {i: a.gpu_share for i in a.gpu_ids})
                         for b, a in zip(pg.bundles, taken)]
             pg.state = CREATED
-            from ..util.placement_group import PlacementGroup
-            data, layout = pack_inline(serialize(PlacementGroup(pg.pg_id, pg.bundles)))
-            self._pg_store_ready(pg, (m.INLINE, (data, layout), ()))
+            self._pg_created(pg)
         self.pending_pgs = still
+        if self.lost_bundles:
+            self.lost_bundles = False
+            for pg in self.placement_groups.values():
+                if pg.state == CREATED and pg.owner is None and LOST in pg.nodes:
+                    self._replace_lost_bundles(pg)
+                    if LOST in pg.nodes:
+                        self.lost_bundles = True
+
+    def _pg_created(self, pg: PlacementGroupRecord) -> None:
+        from ..util.placement_group import PlacementGroup
+        data, layout = pack_inline(serialize(PlacementGroup(pg.pg_id, pg.bundles)))
+        self._pg_store_ready(pg, (m.INLINE, (data, layout), ()))
 
     def _pg_store_ready(self, pg: PlacementGroupRecord, value: tuple) -> None:
         freed: list = []
@@ -204,6 +234,8 @@ class NodePlacement:
         self.removed_pgs.append(pg.pg_id)
         if len(self.removed_pgs) > _KEEP_REMOVED:     # the table remembers the latest only
             self.placement_groups.pop(self.removed_pgs.popleft(), None)
+        if pg.nodes and pg.owner is None and not pg.reserving:
+            self._pg_release_peers(pg)     # (a reservation under way is undone on its answer)
         for a in pg.reserved:
             a.pool.release(a)
         pg.reserved = []
@@ -237,6 +269,8 @@ class NodePlacement:
         index = placement[1]
         pools = pg.pools if index < 0 else (pg.pools[index],)
         for pool in pools:
+            if pool is None:           # that bundle lives on another node (spread_pg.py)
+                continue
             a = pool.try_acquire(request)
             if a is not None:
                 return a

@@ -151,7 +151,7 @@ class NodeScheduling:
             self.scheduling = False
 
     def _schedule_pass(self) -> None:
-        if self.pending_pgs:
+        if self.pending_pgs or self.lost_bundles:
             self._place_pending_pgs()
         if self.pending_actors:
             self._schedule_actors()
@@ -200,6 +200,12 @@ class NodeScheduling:
                     self._forward(link, rec)
                     return True
         else:
+            if self.peers:
+                link = self._pg_forward_target(rec)
+                if link is not None:
+                    q.popleft()
+                    self._forward(link, rec)
+                    return True
             assignment = self._acquire(rec.placement, rec.request)
             if assignment is GONE:
                 q.popleft()

@@ -105,6 +105,10 @@ class NodeResources:
         n = g // _UNIT
         return whole[:n] if len(whole) >= n else None
 
+    def fits_now(self, request: dict[str, int]) -> bool:
+        avail = self.available
+        return all(avail.get(k, 0) >= v for k, v in request.items())
+
     def fits_total(self, request: dict[str, int]) -> bool:
         """Could ``request`` ever be acquired from this pool (were it empty)?"""
         for k, v in request.items():
