@@ -92,10 +92,11 @@ class ActorClass:
                                         kwargs, 1, resources, 0, False, options=actor_opts)
         if name:
             existing = core.request("register_name", name, namespace, spec.task_id,
-                                    bool(opts.get("get_if_exists")))
+                                    bool(opts.get("get_if_exists")), meta)
             if existing is not None:
-                actor_id, meta = existing
-                return ActorHandle(actor_id, meta, ObjectRef(object_id_for(actor_id, 1)))
+                actor_id, meta, lease = existing
+                return ActorHandle(actor_id, meta,
+                                   lease or ObjectRef(object_id_for(actor_id, 1)))
         refs = core.submit(spec)
         return ActorHandle(spec.task_id, meta, refs[0])
 

@@ -185,8 +185,9 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     if not isinstance(name, str) or not name:
         raise ValueError("get_actor() needs the actor's name")
     core = get_core()
-    actor_id, meta = core.request("get_actor", name, namespace or core.namespace)
-    return ActorHandle(actor_id, meta, ObjectRef(object_id_for(actor_id, 1)))
+    actor_id, meta, lease = core.request("get_actor", name, namespace or core.namespace)
+    # an actor on another node comes with a ref the node counted for us (a lease)
+    return ActorHandle(actor_id, meta, lease or ObjectRef(object_id_for(actor_id, 1)))
 
 
 def cluster_resources() -> dict:

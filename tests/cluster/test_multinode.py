@@ -233,9 +233,6 @@ def test_node_affinity_hard_and_soft_to_another_node(cluster, driver):
                      timeout=GET_TIMEOUT) in cluster.ids.values()
 
 
-@pytest.mark.xfail(strict=False, reason="soft affinity to the submitting node itself is "
-                   "routed like DEFAULT (peers.py _route_for returns None), so it overflows "
-                   "to peers while that node is alive but busy")
 @pytest.mark.timeout(60)
 def test_soft_affinity_to_the_busy_local_node_waits_for_it(cluster, driver, tmp_path):
     cluster.add("b")
@@ -345,13 +342,13 @@ def test_refs_nested_in_a_value_from_another_node(cluster, driver):
                      timeout=GET_TIMEOUT) == (c, list(range(5)), float(big_array(3).sum()))
 
 
-@pytest.mark.xfail(strict=False, reason="cluster_resources() and nodes() answer for the "
-                   "driver's node only (node/services.py _svc_resources, _svc_nodes)")
 @pytest.mark.timeout(60)
 def test_cluster_resources_and_nodes_cover_every_node(cluster, driver):
     b = cluster.add("b", num_cpus=2, resources={"edge": 3})
     driver()
-    assert {n["NodeID"] for n in shoal.nodes()} == {cluster.ids["head"], b}
+    # the driver's node hears of the others with its next heartbeat
+    wait_for(lambda: {n["NodeID"] for n in shoal.nodes()} == {cluster.ids["head"], b},
+             timeout=10)
     total = shoal.cluster_resources()
     assert total["CPU"] == 3 and total["edge"] == 3
 
@@ -490,9 +487,6 @@ def test_a_large_result_lost_with_its_node_and_no_retries_is_object_lost(cluster
         shoal.get(ref, timeout=GET_TIMEOUT)
 
 
-@pytest.mark.xfail(strict=False, reason="a retried task keeps its affinity route to the "
-                   "dead node (TaskRecord.route is set once in _submit): _forward_first finds "
-                   "no link and _forward_overflow skips affinity routes, so it never runs")
 @pytest.mark.heavy
 @pytest.mark.timeout(60)
 def test_soft_affinity_to_a_node_that_dies_retries_elsewhere(cluster, driver, tmp_path):
@@ -520,9 +514,6 @@ def test_soft_affinity_to_a_node_that_dies_retries_elsewhere(cluster, driver, tm
     assert sorted(os.listdir(started)) == sorted([b, c])
 
 
-@pytest.mark.xfail(strict=False, reason="a retried task with hard affinity to a dead node "
-                   "runs on the forwarding node: _dispatch_one tries the local node when "
-                   "_forward_first finds no link for the route")
 @pytest.mark.heavy
 @pytest.mark.timeout(60)
 def test_hard_affinity_to_a_node_that_dies_never_runs_elsewhere(cluster, driver, tmp_path):

@@ -27,7 +27,7 @@ import time
 from .. import config
 from ..transport.framing import HEADER
 from .auth import REPLY_SIZE, AuthError, _recv_exactly, find_token, server_check, server_hello
-from .client import HeadClient
+from .client import HeadClient, HeadRequests
 from .peering import Fetcher, PeerListener
 from .state import StateDir
 
@@ -124,7 +124,8 @@ class Agent:
             self.peer_listener = PeerListener(self.node, self.token, host, log)
             self.info["peer_address"] = list(self.peer_listener.address)
             self.node.join_cluster(self.token, Fetcher(self.token), log,
-                                   self.peer_listener.address, self.info["driver"])
+                                   self.peer_listener.address, self.info["driver"],
+                                   HeadRequests(self.address, self.token))
         while client.call("register_node", self.node_id, self.info) == "fenced":
             old = self.node_id
             self.node_id = os.urandom(16).hex()

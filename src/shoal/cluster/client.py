@@ -55,3 +55,52 @@ class HeadClient:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class HeadRequests:
+    """Calls to the head that a node makes while it works (the named-actor
+    directory): queued and made by a thread of their own, so the node never
+    waits on the network under its lock. ``call(op, args, callback)``;
+    ``callback(ok, value)`` runs on that thread."""
+
+    def __init__(self, address: str, token: str):
+        import queue
+        import threading
+        self.address = address
+        self.token = token
+        self.queue: queue.Queue = queue.Queue()
+        self.client = None
+        threading.Thread(target=self._run, daemon=True, name="shoal-head-requests").start()
+
+    def call(self, op: str, args: tuple, callback) -> None:
+        self.queue.put((op, args, callback))
+
+    def close(self) -> None:
+        self.queue.put(None)
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                if self.client is not None:
+                    self.client.close()
+                return
+            op, args, callback = item
+            for attempt in (1, 2):          # once more on a fresh connection (head restarted)
+                try:
+                    if self.client is None:
+                        self.client = HeadClient(self.address, self.token, "node")
+                    value = self.client.call(op, *args)
+                except (OSError, ConnectionError) as e:
+                    if self.client is not None:
+                        self.client.close()
+                        self.client = None
+                    if attempt == 2:
+                        callback(False, ConnectionError(f"the head at {self.address} did not "
+                                                        f"answer {op}: {e}"))
+                    continue
+                except Exception as e:       # the head refused it: say why
+                    callback(False, e)
+                    break
+                callback(True, value)
+                break

@@ -81,6 +81,7 @@ class Head:
         self.stopping = asyncio.Event()
         self.tables = open_tables(storage, state.db_path)
         self.jobs: dict[str, jobs.Job] = {}
+        self.actors: dict[str, dict] = {}   # "namespace\0name" -> named actor's row
         self._load()
 
     # ------------------------------------------------------------- tables
@@ -92,6 +93,7 @@ class Head:
             self.nodes[node_id] = entry
         if self.nodes:
             log(f"recovered {len(self.nodes)} node(s) from {self.tables.where}")
+        self.actors.update(self.tables.actors())
         for job_id, row in self.tables.jobs():
             job = jobs.Job(job_id, row["entrypoint"], os.path.join(self.state.path, "jobs",
                                                                     job_id))
@@ -145,6 +147,39 @@ class Head:
         entry.pending = pending
         conn["node_id"] = node_id
         return "ok"
+
+    # ------------------------------------------------------- named actors
+    def _op_actor_register(self, conn, namespace: str, name: str, row: dict):
+        """Claim ``name`` in ``namespace`` for the actor in ``row`` (its
+        actor_id, node_id, handle meta); the live holder's row if taken."""
+        _require_role(conn, "node")
+        if not all(isinstance(x, str) for x in (namespace, name)) or not isinstance(row, dict):
+            raise ValueError("actor_register needs (namespace, name, row)")
+        key = f"{namespace}\0{name}"
+        old = self.actors.get(key)
+        if old is not None and old["actor_id"] != row.get("actor_id") and self._holder_alive(old):
+            return old
+        row = json.loads(json.dumps(row))
+        self.actors[key] = row
+        self.tables.save_actor(key, row)
+        return None
+
+    def _op_actor_lookup(self, conn, namespace: str, name: str):
+        _require_role(conn, "node")
+        row = self.actors.get(f"{namespace}\0{name}")
+        return row if row is not None and self._holder_alive(row) else None
+
+    def _op_actor_unregister(self, conn, namespace: str, name: str, actor_id: str):
+        _require_role(conn, "node")
+        key = f"{namespace}\0{name}"
+        row = self.actors.get(key)
+        if row is not None and row.get("actor_id") == actor_id:
+            del self.actors[key]
+            self.tables.save_actor(key, None)
+
+    def _holder_alive(self, row: dict) -> bool:
+        entry = self.nodes.get(row.get("node_id"))
+        return entry is not None and entry.state == ALIVE
 
     def _op_view(self, conn):
         """The alive nodes, for node agents: where to reach them, what they have."""

@@ -1,4 +1,4 @@
-"""Where the head keeps its tables (nodes, jobs), so a restarted head
+"""Where the head keeps its tables (nodes, jobs, named actors), so a restarted head
 recovers them: SQLite in the state directory by default, or a Redis server
 for deployments that already run one (``--storage redis://HOST:PORT/DB`` or
 ``unix:///path/redis.sock``; needs the ``redis`` package)."""
@@ -15,6 +15,7 @@ class SQLiteTables:
         self.db.execute("CREATE TABLE IF NOT EXISTS nodes (node_id TEXT PRIMARY KEY, "
                         "info TEXT, state TEXT, death_reason TEXT)")
         self.db.execute("CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, row TEXT)")
+        self.db.execute("CREATE TABLE IF NOT EXISTS actors (key TEXT PRIMARY KEY, row TEXT)")
 
     def nodes(self):
         for node_id, info, state, reason in self.db.execute(
@@ -34,12 +35,23 @@ class SQLiteTables:
         self.db.execute("INSERT OR REPLACE INTO jobs VALUES (?, ?)", (job_id, json.dumps(row)))
         self.db.commit()
 
+    def actors(self):
+        for key, row in self.db.execute("SELECT key, row FROM actors"):
+            yield key, json.loads(row)
+
+    def save_actor(self, key: str, row: dict | None) -> None:
+        if row is None:
+            self.db.execute("DELETE FROM actors WHERE key = ?", (key,))
+        else:
+            self.db.execute("INSERT OR REPLACE INTO actors VALUES (?, ?)", (key, json.dumps(row)))
+        self.db.commit()
+
     def close(self) -> None:
         self.db.close()
 
 
 class RedisTables:
-    """The same tables as two Redis hashes, ``shoal:nodes`` and ``shoal:jobs``."""
+    """The same tables as Redis hashes: ``shoal:nodes``, ``shoal:jobs``, ``shoal:actors``."""
 
     def __init__(self, url: str):
         try:
@@ -66,6 +78,16 @@ class RedisTables:
 
     def save_job(self, job_id: str, row: dict) -> None:
         self.r.hset("shoal:jobs", job_id, json.dumps(row))
+
+    def actors(self):
+        for key, blob in self.r.hgetall("shoal:actors").items():
+            yield key.decode(), json.loads(blob)
+
+    def save_actor(self, key: str, row: dict | None) -> None:
+        if row is None:
+            self.r.hdel("shoal:actors", key)
+        else:
+            self.r.hset("shoal:actors", key, json.dumps(row))
 
     def close(self) -> None:
         self.r.close()

@@ -20,7 +20,7 @@ from ..exceptions import ActorDiedError
 from ..scheduler.task import ACTOR_CALL, TaskSpec, object_id_for
 from ..transport import messages as m
 from .placement import GONE
-from .records import FINISHED, HERE, RUNNING, WAITING_DEPS, TaskRecord
+from .records import FINISHED, HERE, NODE_GONE, RUNNING, WAIT, WAITING_DEPS, TaskRecord
 from .workers import ACTOR as W_ACTOR
 
 PENDING, ALIVE, RESTARTING, DEAD = "PENDING_CREATION", "ALIVE", "RESTARTING", "DEAD"
@@ -96,27 +96,32 @@ class NodeActors:
         reply(True, None)
 
     def _svc_register_name(self, client, request_id, reply, name, namespace, actor_id,
-                           get_if_exists) -> None:
+                           get_if_exists, meta=None) -> None:
         key = (namespace, name)
         existing = self.named.get(key)
         if existing is not None:
             actor = self.actors.get(existing)
             if actor is not None and actor.state != DEAD:
                 if get_if_exists:
-                    reply(True, (existing, actor.spec.options.get("handle_meta")))
+                    reply(True, (existing, actor.spec.options.get("handle_meta"), None))
                     return
-                raise ValueError(f"an actor named {name!r} already exists in namespace "
-                                 f"{namespace!r}; pass get_if_exists=True to reuse it")
+                raise _name_taken(name, namespace)
         self.named[key] = actor_id
+        if getattr(self, "head", None) is not None:     # a cluster: the head's directory decides
+            self._register_name_in_cluster(client, reply, name, namespace, actor_id,
+                                           get_if_exists, meta)
+            return
         reply(True, None)
 
     def _svc_get_actor(self, client, request_id, reply, name, namespace) -> None:
         actor_id = self.named.get((namespace, name))
         actor = self.actors.get(actor_id) if actor_id else None
         if actor is None or actor.state == DEAD:
-            raise ValueError(f"Failed to look up actor with name {name!r} in namespace "
-                             f"{namespace!r}: no such live actor")
-        reply(True, (actor_id, actor.spec.options.get("handle_meta")))
+            if getattr(self, "head", None) is not None:
+                self._get_actor_in_cluster(client, reply, name, namespace)
+                return
+            raise _no_such_actor(name, namespace)
+        reply(True, (actor_id, actor.spec.options.get("handle_meta"), None))
 
     def _schedule_actors(self) -> None:
         for _ in range(len(self.pending_actors)):
@@ -124,14 +129,22 @@ class NodeActors:
             if actor.state == DEAD:
                 continue
             if actor.assignment is None:
-                rec = self.tasks.get(actor.actor_id) if self.peers else None
+                rec = self.tasks.get(actor.actor_id) if self.view is not None else None
                 if rec is not None and actor.placement is not None:
-                    link = self._pg_forward_target(rec)
+                    link = self._pg_forward_target(rec) if self.peers else None
                     if link is not None:
                         self._forward_actor(link, actor, rec)
                         continue
                 elif rec is not None and rec.route != HERE:
                     link = self._forward_first(rec)
+                    if link is WAIT:
+                        self.pending_actors.append(actor)
+                        continue
+                    if link is NODE_GONE:
+                        actor.no_restart = True
+                        self._actor_dead(actor, f"Its hard NodeAffinitySchedulingStrategy names "
+                                                f"node {rec.route.hex()}, which died.")
+                        continue
                     if link is not None:
                         self._forward_actor(link, actor, rec)
                         continue
@@ -225,6 +238,9 @@ class NodeActors:
         name_key = (actor.namespace, actor.name)
         if actor.name and self.named.get(name_key) == actor.actor_id:
             del self.named[name_key]
+            if getattr(self, "head", None) is not None:
+                self.head.call("actor_unregister", (actor.namespace, actor.name,
+                                                    actor.actor_id.hex()), _ignore)
         err = self._actor_error(actor)
         while actor.queue:
             rec = actor.queue.popleft()
@@ -302,6 +318,16 @@ class NodeActors:
 
 def _ignore(ok, value) -> None:
     pass
+
+
+def _name_taken(name: str, namespace: str) -> ValueError:
+    return ValueError(f"an actor named {name!r} already exists in namespace {namespace!r}; "
+                      f"pass get_if_exists=True to reuse it")
+
+
+def _no_such_actor(name: str, namespace: str) -> ValueError:
+    return ValueError(f"Failed to look up actor with name {name!r} in namespace "
+                      f"{namespace!r}: no such live actor")
 
 
 def _kill_if_alive(proc) -> None:

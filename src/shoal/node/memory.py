@@ -247,14 +247,17 @@ class NodeMemory:
         if kind != m.SHM:
             return value
         mid = mapped_id(oid)
-        self.objects.add_ref(mid)
         self.resident.move_to_end(oid)
+        return (m.SHM, value[1], value[2], self._lease(client, mid))
+
+    def _lease(self, client, oid: bytes):
+        """A ref to ``oid`` counted here for ``client``, to send it: it
+        becomes an ObjectRef there that logs only its -1."""
+        self.objects.add_ref(oid)
         if client is DRIVER:
-            lease = adopted_ref(mid)      # its -1 arrives through the driver's ref log
-        else:
-            client.held[mid] = client.held.get(mid, 0) + 1
-            lease = MappingLease(mid)     # unpickles in the worker as an adopted ref
-        return (m.SHM, value[1], value[2], lease)
+            return adopted_ref(oid)       # its -1 arrives through the driver's ref log
+        client.held[oid] = client.held.get(oid, 0) + 1
+        return MappingLease(oid)          # unpickles in the worker as an adopted ref
 
     def _reply_values(self, client, ids, reply, deadline: float | None = None) -> None:
         """Answer a get: restore what is spilled, ship, reply. With no room

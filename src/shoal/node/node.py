@@ -447,6 +447,8 @@ class Node(NodeScheduling, NodeWorkerPool, NodeServices, NodeActors, NodePlaceme
             link.conn.close()
         if self.view is not None:
             self.fetcher.close()
+            if self.head is not None:
+                self.head.close()
         grace_end = time.monotonic() + config.get("kill_grace_s")
         for proc in list(self.procs):
             _wait_or_kill(proc, grace_end)

@@ -48,14 +48,15 @@ from ..scheduler.resources import NodeResources
 from ..exceptions import ActorDiedError
 from ..scheduler.task import (ACTOR_CALL, ACTOR_CREATE, STREAMING, TASK, TaskSpec, mapped_id,
                               object_id_for)
-from .actors import ALIVE, DEAD, PENDING, RESTARTING, ActorRecord
+from .actors import ALIVE, DEAD, PENDING, RESTARTING, ActorRecord, _name_taken, _no_such_actor
 from ..transport import messages as m
 from ..transport.framing import Connection, ConnectionClosed
-from .records import HERE, RUNNING, WAITING_DEPS
+from .records import HERE, NODE_GONE, RUNNING, WAIT, WAITING_DEPS
 
 LOCALITY_BYTES = 1 << 20       # arguments this large on one peer draw the task there
 DIAL_RETRY_S = 2.0             # between attempts to link to a node that did not answer
-PEER_OPS = frozenset({"peer_wait", "cancel", "kill_actor", "pg_reserve", "pg_remove"})
+PEER_OPS = frozenset({"peer_wait", "cancel", "kill_actor", "pg_reserve", "pg_remove",
+                      "actor_handle"})
 
 
 class PeerInfo:
@@ -124,13 +125,15 @@ class NodePeers:
     REMOTE value being fetched})."""
 
     # -------------------------------------------------------------- joining
-    def join_cluster(self, token: str, fetcher, log, address, driver: bool = False) -> None:
+    def join_cluster(self, token: str, fetcher, log, address, driver: bool = False,
+                     head=None) -> None:
         """Called by the agent: from now on this node works with peers. A
         driver's node (``driver``) dials every node and is never sent work."""
         with self.lock:
             self.view = {}
             self.driver_node = driver
             self.peer_address = tuple(address)     # where our PeerListener listens
+            self.head = head                       # HeadRequests: the named-actor directory
             self.peer_token = token
             self.fetcher = fetcher
             self.peer_log = log
@@ -569,7 +572,7 @@ class NodePeers:
             return self.arena.fd, offset, size, done
 
     # ----------------------------------------------------------- forwarding
-    def _route_for(self, spec, client):
+    def _route_for(self, spec, client, request: dict):
         """A new task's route: HERE (sent by a peer, a streaming generator,
         affinity to this node), a peer's node id (affinity), "SPREAD", or
         None (wherever it fits)."""
@@ -579,7 +582,10 @@ class NodePeers:
         if strategy is None:
             return None
         if strategy[0] == "NODE":
-            if strategy[1] != self.node_id and strategy[1] in self.view:
+            if strategy[1] == self.node_id:
+                # soft: here unless this node can never run it
+                return HERE if not strategy[2] or self.resources.fits_total(request) else None
+            if strategy[1] in self.view or strategy[1] in self.peers:
                 return strategy[1]
             return None if strategy[2] else HERE     # soft: anywhere, if that node is gone
         return "SPREAD" if strategy[0] == "SPREAD" else None
@@ -600,7 +606,15 @@ class NodePeers:
                 return None
             info = self.view.get(nid)
             return self.peers[nid] if info is not None and info.has_room(rec.request) else None
-        return self.peers.get(route)       # affinity (HERE never gets here)
+        link = self.peers.get(route)       # affinity to a peer (HERE never gets here)
+        if link is not None:
+            return link
+        if route in self.view:
+            return WAIT                    # known, not linked yet: not somewhere else
+        if rec.spec.options["strategy"][2]:
+            rec.route = None               # soft, and that node is gone: anywhere
+            return self._forward_first(rec)
+        return NODE_GONE
 
     def _forward_overflow(self, rec):
         """No room here: the peer with room and the most free CPU, or None."""
@@ -687,6 +701,77 @@ class NodePeers:
             return None
         actor = self.actors[actor_id] = ActorRecord.proxy(actor_id, link)
         return actor
+
+    # ------------------------------------------------ named actors (the head)
+    def _register_name_in_cluster(self, client, reply, name, namespace, actor_id,
+                                  get_if_exists, meta) -> None:
+        """Claim the name in the head's directory; if a live actor elsewhere
+        holds it, give it back (get_if_exists) or refuse."""
+        import pickle
+        key = (namespace, name)
+        row = {"actor_id": actor_id.hex(), "node_id": self.node_id.hex(),
+               "meta": pickle.dumps(meta).hex() if meta is not None else None}
+
+        def answered(ok, holder):
+            with self.lock:
+                if not ok:
+                    self.named.pop(key, None)
+                    reply(False, holder)
+                elif holder is None:
+                    reply(True, None)
+                else:
+                    if self.named.get(key) == actor_id:
+                        del self.named[key]
+                    if get_if_exists:
+                        self._handle_from(client, reply, holder)
+                    else:
+                        reply(False, _name_taken(name, namespace))
+        self.head.call("actor_register", (namespace, name, row), answered)
+
+    def _get_actor_in_cluster(self, client, reply, name, namespace) -> None:
+        def answered(ok, holder):
+            with self.lock:
+                if not ok:
+                    reply(False, holder)
+                elif holder is None:
+                    reply(False, _no_such_actor(name, namespace))
+                else:
+                    self._handle_from(client, reply, holder)
+        self.head.call("actor_lookup", (namespace, name), answered)
+
+    def _handle_from(self, client, reply, holder: dict) -> None:
+        """A handle to the actor the directory row ``holder`` names, on
+        another node: its handle object is borrowed from that node, and the
+        ref to it is counted here for ``client`` (the reply carries a lease)."""
+        import pickle
+        actor_id = bytes.fromhex(holder["actor_id"])
+        meta = pickle.loads(bytes.fromhex(holder["meta"])) if holder.get("meta") else None
+        link = self.peers.get(bytes.fromhex(holder["node_id"]))
+        if link is None:
+            reply(False, ValueError(f"the actor {actor_id.hex()} lives on node "
+                                    f"{holder['node_id'][:12]}, which this node cannot reach"))
+            return
+
+        def borrowed(ok, values, link=link):
+            with self.lock:
+                if not ok:
+                    reply(False, values)
+                    return
+                freed: list = []
+                touched = self._accept(link, values, freed, release=False)
+                handle_id = object_id_for(actor_id, 1)
+                lease = self._lease(client, handle_id)
+                for oid in touched:
+                    self.objects.unpin(oid, freed)
+                self._free(freed)
+                reply(True, (actor_id, meta, lease))
+        self._peer_call(link, "actor_handle", (actor_id,), borrowed)
+
+    def _svc_actor_handle(self, link, request_id, reply, actor_id) -> None:
+        actor = self.actors.get(actor_id)
+        if actor is None or actor.state == DEAD or actor.borrowed:
+            raise ValueError(f"actor {actor_id.hex()} does not live on this node")
+        reply(True, self._export(link, [object_id_for(actor_id, 1)]))
 
     def _remote_actor_lost(self, actor, calls: list, why: str) -> None:
         """The node hosting ``actor`` died: restart it elsewhere if it may."""

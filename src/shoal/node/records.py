@@ -10,6 +10,8 @@ from ..scheduler.task import TaskSpec
 
 QUEUED, WAITING_DEPS, RUNNING, FINISHED = "queued", "waiting", "running", "finished"
 HERE = "here"       # a TaskRecord.route: run on this node, never forward (node/peers.py)
+WAIT = object()     # _forward_first: the task must wait for its node's link
+NODE_GONE = object()  # _forward_first: hard affinity to a node that died
 
 
 class TaskRecord:

@@ -16,13 +16,14 @@ from __future__ import annotations
 import time
 from collections import deque
 
-from ..exceptions import ActorDiedError, InfeasibleTaskError, ObjectStoreFullError
+from ..exceptions import ActorDiedError, InfeasibleTaskError, NodeDiedError, ObjectStoreFullError
 from ..scheduler.resources import NodeResources
 from ..scheduler.task import ACTOR_CALL, ACTOR_CREATE, STREAMING, TASK, TaskSpec, object_id_for
 from ..transport import messages as m
 from .actors import DEAD, ActorRecord
 from .placement import GONE
-from .records import HERE, QUEUED, RUNNING, WAITING_DEPS, GeneratorState, TaskRecord
+from .records import (HERE, NODE_GONE, QUEUED, RUNNING, WAIT, WAITING_DEPS, GeneratorState,
+                      TaskRecord)
 from .services import DRIVER
 from .workers import BUSY
 
@@ -78,7 +79,7 @@ class NodeScheduling:
             if rec.placement is not None:
                 rec.key = rec.key[:1] + (rec.placement[:2],) + rec.key[1:]
         if self.view is not None:
-            rec.route = self._route_for(spec, client)
+            rec.route = self._route_for(spec, client, request)
         if spec.kind == ACTOR_CREATE:
             actor = ActorRecord(spec, request)
             actor.placement = rec.placement
@@ -186,8 +187,16 @@ class NodeScheduling:
             q.popleft()
             return True
         if rec.placement is None:
-            if self.peers and rec.route != HERE:
+            if rec.route != HERE and (rec.route is not None or self.peers):
                 link = self._forward_first(rec)
+                if link is WAIT:
+                    return False
+                if link is NODE_GONE:
+                    q.popleft()
+                    self._finish(rec, self._error_value(NodeDiedError(
+                        f"{rec.spec.name} has a hard NodeAffinitySchedulingStrategy for node "
+                        f"{rec.route.hex()}, which died")))
+                    return True
                 if link is not None:
                     q.popleft()
                     self._forward(link, rec)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 
 from ..exceptions import GetTimeoutError, TaskCancelledError
+from ..scheduler.resources import _UNIT
 from ..scheduler.task import ACTOR_CALL, object_id_for
 from ..transport import messages as m
 from .records import QUEUED, RUNNING, WAITING_DEPS, TaskRecord
@@ -244,14 +245,30 @@ class NodeServices:
         out["object_store_memory"] = float(self.allocator.capacity if which == "total"
                                            else self.allocator.capacity - self.allocator.used_bytes)
         out[f"node:{self.node_id.hex()[:8]}"] = 1.0
+        if self.view:                       # a cluster: every node's, as last heard
+            for nid, info in self.view.items():
+                if info.driver:
+                    continue
+                for k, v in (info.total if which == "total" else info.free).items():
+                    if v > 0:
+                        out[k] = out.get(k, 0.0) + v / _UNIT
+                out[f"node:{nid.hex()[:8]}"] = 1.0
         reply(True, out)
 
     def _svc_nodes(self, client, request_id, reply) -> None:
         r = self.resources
-        reply(True, [{
-            "NodeID": self.node_id.hex(), "Alive": True, "NodeManagerAddress": "127.0.0.1",
+        me = getattr(self, "peer_address", ("127.0.0.1",))[0]
+        rows = [] if not self.runs_tasks else [{
+            "NodeID": self.node_id.hex(), "Alive": True, "NodeManagerAddress": me,
             "Resources": r.as_floats(r.total), "alive": True,
-        }])
+        }]
+        for nid, info in (self.view or {}).items():
+            if not info.driver:
+                rows.append({"NodeID": nid.hex(), "Alive": True,
+                             "NodeManagerAddress": info.address[0],
+                             "Resources": {k: v / _UNIT for k, v in info.total.items()},
+                             "alive": True})
+        reply(True, rows)
 
 
 def _ignore(ok, value) -> None:
