@@ -12,8 +12,8 @@ README's `shoal start` flow. Tasks report where they ran (SHOAL_NODE_ID,
 or their namespace's address where a node id would be ambiguous); the
 driver hands its results back as JSON files; the tests assert results and
 places, never times, and every wait polls a condition with a deadline.
-Two xfails record product bugs: soft node affinity to a machine that died,
-and the node id that tasks on a rejoined machine report.
+Also: soft node affinity to a machine that died moves on, and tasks on a
+rejoined machine report its new node id.
 Everything listens only inside the namespaces, which are removed after
 each test with every process started (by pid and process group).
 """
@@ -321,11 +321,6 @@ emit("result", {"before": before, "task": shoal.get(task) if task in ready else 
 
 @pytest.mark.heavy
 @pytest.mark.timeout(90)
-@pytest.mark.xfail(strict=False, reason=(
-    "product bug: a task or actor with soft NodeAffinity is routed to its node once, at "
-    "submission (node/scheduling.py rec.route); retried or restarted after that node "
-    "died, it keeps the dead node's route, which _forward_first/_forward_overflow "
-    "(node/peers.py) never replace, so from a driver's node it waits forever"))
 def test_soft_affinity_work_moves_on_when_its_machine_dies(make_cluster, tmp_path):
     c = make_cluster(["a", "b", "d"])
     c.start_head("a", num_cpus=2).add_node("b", num_cpus=2)
@@ -459,10 +454,6 @@ emit("result", shoal.get([ids_on_b.remote() for _ in range(3)], timeout=60))
 
 @pytest.mark.heavy
 @pytest.mark.timeout(90)
-@pytest.mark.xfail(strict=False, reason=(
-    "product bug: a fenced node that rejoins (node/peers.py rejoined) takes its new id "
-    "for itself only: worker_env's SHOAL_NODE_ID (node/node.py) and its workers' "
-    "core.node_id keep the old, DEAD id, so tasks there report the dead node"))
 def test_tasks_on_a_rejoined_machine_report_its_new_node_id(make_cluster, tmp_path):
     c = make_cluster(["a", "b"])
     c.start_head("a", num_cpus=2).add_node("b", num_cpus=2)

@@ -56,6 +56,9 @@ class ClientCore(WorkerCore):
             except (ValueError, OSError):
                 pass
             return
+        if msg[0] == m.NODE_ID:
+            self.node_id = msg[1]
+            return
         if msg[0] == m.EXIT and not self.closed:
             self.closed = True
             gone = ShoalError("the shoal node this driver is connected to stopped")

@@ -222,11 +222,15 @@ class NodePeers:
             self._schedule()
 
     def rejoined(self, new_id: bytes) -> None:
-        """The head fenced us: every link and borrowed value is void."""
+        """The head fenced us: every link and borrowed value is void, and
+        our processes learn the new id."""
         with self.lock:
             for link in list(self.peers.values()):
                 self._close_link(link)
             self.node_id = new_id
+            self.worker_env["SHOAL_NODE_ID"] = new_id.hex()
+            for w in self.workers.values():
+                self._send(w, (m.NODE_ID, new_id))
 
     def _close_link(self, link: PeerLink) -> None:
         """Drop a link now (its peer is dead or replaced)."""

@@ -36,6 +36,7 @@ CANCEL = 22        # (CANCEL, task_id)                   interrupt the task if i
 EXIT = 23          # (EXIT,)                             finish and exit
 REVOKE = 24        # (REVOKE, task_ids)                  give back these tasks if not started
 OUTPUT = 25        # (OUTPUT, to_stderr, text)           workers' output, to connected drivers
+NODE_ID = 26       # (NODE_ID, node_id)                  the node rejoined under a new id
 
 # node <-> node (a peer link, node/peers.py; CALL, REPLY, EXPORT, OUTPUT too) ---
 PUSH = 30          # (PUSH, [(object_id, value)])       copies the receiver now borrows

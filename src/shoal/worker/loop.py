@@ -74,6 +74,9 @@ class WorkerLoop:
                     self.queue.remove(q)      # in place: run() may be between check and pop
                     given.append(q[1][0])
             self.core.send((m.REVOKED, given))
+        elif kind == m.NODE_ID:
+            self.core.node_id = msg[1]
+            os.environ["SHOAL_NODE_ID"] = msg[1].hex()
         elif kind == m.EXIT:
             self.exiting = True
             with self.wakeup:
