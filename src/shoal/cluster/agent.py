@@ -26,7 +26,7 @@ import time
 
 from .. import config
 from ..transport.framing import HEADER
-from .auth import REPLY_SIZE, AuthError, _recv_exactly, find_token, server_check, server_hello
+from .auth import AuthError, find_token, server_handshake
 from .client import HeadClient, HeadRequests
 from .peering import Fetcher, PeerListener
 from .state import StateDir
@@ -98,13 +98,7 @@ class Agent:
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         pid = struct.unpack("3i", creds)[0]
         try:
-            conn.settimeout(config.get("handshake_timeout_s"))
-            hello, nonce = server_hello()
-            conn.sendall(hello)
-            role, answer = server_check(self.token, nonce, _recv_exactly(conn, REPLY_SIZE))
-            if role != "driver":
-                raise AuthError(f"a {role} may not connect as a driver")
-            conn.sendall(answer)
+            server_handshake(conn, self.token, "driver", config.get("handshake_timeout_s"))
             node = self.node
             setup = pickle.dumps({"arena_size": node.arena.size, "node_id": node.node_id,
                                   "namespace": node.namespace}, protocol=5)

@@ -97,6 +97,19 @@ def server_check(token: str, server_nonce: bytes, reply: bytes) -> tuple[str, by
     return ROLES[role], _mac(token, b"server", client_nonce, server_nonce)
 
 
+def server_handshake(sock: socket.socket, token: str, role: str, timeout: float) -> None:
+    """Authenticate a blocking socket that connected to us, which must act
+    as ``role``; AuthError (or OSError) otherwise. Nothing it sends before
+    this returns is read as anything but handshake bytes."""
+    sock.settimeout(timeout)
+    hello, nonce = server_hello()
+    sock.sendall(hello)
+    their_role, answer = server_check(token, nonce, _recv_exactly(sock, REPLY_SIZE))
+    if their_role != role:
+        raise AuthError(f"a {their_role} may not connect as a {role}")
+    sock.sendall(answer)
+
+
 # ---------------------------------------------------------------- client side
 def client_handshake(sock: socket.socket, token: str, role: str) -> None:
     """Authenticate a connected blocking socket (as ``role``); AuthError if

@@ -24,7 +24,7 @@ import threading
 
 from .. import config
 from ..transport.framing import HEADER, encode
-from .auth import REPLY_SIZE, AuthError, _recv_exactly, client_handshake, server_check, server_hello
+from .auth import AuthError, _recv_exactly, client_handshake, server_handshake
 
 
 def _read_frame(sock: socket.socket, limit: int = 1 << 20):
@@ -73,13 +73,7 @@ class PeerListener:
     def _serve(self, conn: socket.socket, addr) -> None:
         peer = f"{addr[0]}:{addr[1]}"
         try:
-            conn.settimeout(config.get("handshake_timeout_s"))
-            hello, nonce = server_hello()
-            conn.sendall(hello)
-            role, answer = server_check(self.token, nonce, _recv_exactly(conn, REPLY_SIZE))
-            if role != "node":
-                raise AuthError(f"a {role} may not connect to a node's peer port")
-            conn.sendall(answer)
+            server_handshake(conn, self.token, "node", config.get("handshake_timeout_s"))
             first = _read_frame(conn)
         except (AuthError, OSError, ConnectionError, ValueError, pickle.UnpicklingError,
                 EOFError) as e:

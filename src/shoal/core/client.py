@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import pickle
 import socket
-import sys
 import threading
 
 import psutil
@@ -23,6 +22,7 @@ from ..exceptions import ShoalError
 from ..object_store.arena import Arena
 from ..transport import messages as m
 from ..transport.framing import HEADER, Connection
+from ..node.logs import write_output
 from .worker import WorkerCore
 
 
@@ -49,12 +49,7 @@ class ClientCore(WorkerCore):
 
     def _on_message(self, msg: tuple) -> None:
         if msg[0] == m.OUTPUT:          # what workers printed, as a local driver shows it
-            stream = sys.stderr if msg[1] else sys.stdout
-            try:
-                stream.write(msg[2])
-                stream.flush()
-            except (ValueError, OSError):
-                pass
+            write_output(msg[1], msg[2])
             return
         if msg[0] == m.NODE_ID:
             self.node_id = msg[1]

@@ -284,32 +284,42 @@ class NodeActors:
         inflight = [r for r in w.inflight.values() if r.spec.kind == ACTOR_CALL]
         if actor.state == DEAD:
             return
-        restartable = not actor.no_restart and actor.restarts_left != 0
+        self._restart_or_end(
+            actor, inflight, not actor.no_restart and actor.restarts_left != 0,
+            actor.exit_reason or f"The actor's worker process died unexpectedly: {exit_desc}.",
+            f"The actor's worker died ({exit_desc})")
+
+    def _restart_or_end(self, actor: ActorRecord, calls: list, restartable: bool,
+                        dead_reason: str, lost: str, counts: bool = True) -> None:
+        """The process or node hosting ``actor`` is gone (``lost`` says how):
+        start it again, with the in-flight ``calls`` that may be retried
+        first in line (``counts``: this is a restart, not a first placement),
+        or end it with ``dead_reason``."""
         if not restartable:
-            reason = actor.exit_reason or (
-                f"The actor's worker process died unexpectedly: {exit_desc}.")
-            for rec in inflight:
+            for rec in calls:
                 if rec.state != FINISHED:
                     self._finish(rec, self._error_value(ActorDiedError(
-                        f"{reason} (while running {rec.spec.name})", actor.actor_id.hex())))
-            self._actor_dead(actor, reason)
+                        f"{dead_reason} (while running {rec.spec.name})", actor.actor_id.hex())))
+            self._actor_dead(actor, dead_reason)
             return
-        if actor.restarts_left > 0:
-            actor.restarts_left -= 1
-        actor.num_restarts += 1
-        actor.state = RESTARTING
+        if counts:
+            if actor.restarts_left > 0:
+                actor.restarts_left -= 1
+            actor.num_restarts += 1
+            actor.state = RESTARTING
         retry = []
-        for rec in inflight:
+        for rec in calls:
             if rec.retries_left != 0:
                 if rec.retries_left > 0:
                     rec.retries_left -= 1
                 rec.state = WAITING_DEPS
+                rec.deps_left = 0
                 retry.append(rec)
             else:
                 self._finish(rec, self._error_value(ActorDiedError(
-                    f"The actor's worker died ({exit_desc}) while running {rec.spec.name}; "
-                    f"the actor is restarting, but max_task_retries does not allow this "
-                    f"call to be retried.", actor.actor_id.hex())))
+                    f"{lost} while running {rec.spec.name}; the actor is restarting, but "
+                    f"max_task_retries does not allow this call to be retried.",
+                    actor.actor_id.hex())))
         actor.queue.extendleft(reversed(retry))
         self.pending_actors.append(actor)
         self._schedule()

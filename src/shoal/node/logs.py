@@ -67,3 +67,13 @@ class StreamRelay:
                 stream.flush()
             except (ValueError, OSError):
                 pass  # the driver's stream is closed (interpreter exit)
+
+
+def write_output(to_stderr: bool, text: str) -> None:
+    """Workers' output that reached a driver process: show it there."""
+    stream = sys.stderr if to_stderr else sys.stdout
+    try:
+        stream.write(text)
+        stream.flush()
+    except (ValueError, OSError):
+        pass

@@ -210,10 +210,14 @@ class Node(NodeScheduling, NodeWorkerPool, NodeServices, NodeActors, NodePlaceme
 
     # ------------------------------------------------------------- messages
     def _on_readable(self, w) -> None:
+        self._handle_input(w, self._handlers, self._on_worker_lost)
+
+    def _handle_input(self, w, handlers: dict, on_closed) -> None:
+        """Read what a worker, driver or peer link sent and handle it."""
         try:
             msgs = w.conn.read_messages()
         except ConnectionClosed:
-            self._on_worker_lost(w)
+            on_closed(w)
             return
         if not msgs:
             return
@@ -221,7 +225,9 @@ class Node(NodeScheduling, NodeWorkerPool, NodeServices, NodeActors, NodePlaceme
             freed: list = []
             self._apply_local_deltas(freed)
             for msg in msgs:
-                self._handlers[msg[0]](self, w, msg, freed)
+                if w.state == "dead":
+                    break
+                handlers[msg[0]](self, w, msg, freed)
             self._free(freed)
 
     def _h_hello(self, w, msg, freed) -> None:

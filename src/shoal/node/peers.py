@@ -39,19 +39,18 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import threading
 import time
 
 from ..exceptions import NodeDiedError, ObjectStoreFullError, TaskCancelledError
 from ..scheduler.resources import NodeResources
-from ..exceptions import ActorDiedError
 from ..scheduler.task import (ACTOR_CALL, ACTOR_CREATE, STREAMING, TASK, TaskSpec, mapped_id,
                               object_id_for)
-from .actors import ALIVE, DEAD, PENDING, RESTARTING, ActorRecord, _name_taken, _no_such_actor
+from .actors import ALIVE, DEAD, PENDING, ActorRecord, _name_taken, _no_such_actor
 from ..transport import messages as m
-from ..transport.framing import Connection, ConnectionClosed
-from .records import HERE, NODE_GONE, RUNNING, WAIT, WAITING_DEPS
+from ..transport.framing import Connection
+from .logs import write_output
+from .records import HERE, NODE_GONE, RUNNING, WAIT
 
 LOCALITY_BYTES = 1 << 20       # arguments this large on one peer draw the task there
 DIAL_RETRY_S = 2.0             # between attempts to link to a node that did not answer
@@ -244,23 +243,12 @@ class NodePeers:
 
     # ------------------------------------------------------------- messages
     def _on_link_readable(self, link: PeerLink) -> None:
-        try:
-            msgs = link.conn.read_messages()
-        except ConnectionClosed:
-            with self.lock:
-                self._peer_lost(link, f"the connection to node {link.node_id.hex()[:12]} "
-                                      f"closed (its agent died or the network failed)")
-            return
-        if not msgs:
-            return
+        self._handle_input(link, self._link_handlers, self._on_link_closed)
+
+    def _on_link_closed(self, link: PeerLink) -> None:
         with self.lock:
-            freed: list = []
-            self._apply_local_deltas(freed)
-            for msg in msgs:
-                if link.state == "dead":
-                    break
-                self._link_handlers[msg[0]](self, link, msg, freed)
-            self._free(freed)
+            self._peer_lost(link, f"the connection to node {link.node_id.hex()[:12]} closed "
+                                  f"(its agent died or the network failed)")
 
     def _l_forward(self, link, msg, freed) -> None:
         link.submitted = True
@@ -309,12 +297,7 @@ class NodePeers:
 
     def _l_output(self, link, msg, freed) -> None:
         if self.driver_node:       # the driver is this process: print it here
-            stream = sys.stderr if msg[1] else sys.stdout
-            try:
-                stream.write(msg[2])
-                stream.flush()
-            except (ValueError, OSError):
-                pass
+            write_output(msg[1], msg[2])
             return
         self._to_drivers(msg[1], msg[2], to_peers=False)
 
@@ -783,36 +766,12 @@ class NodePeers:
         created = actor.state != PENDING
         restartable = not actor.borrowed and not actor.no_restart and (
             actor.restarts_left != 0 or not created)
-        if not restartable:
-            reason = actor.exit_reason or (
-                f"The node hosting it died ({why})" + (
-                    "" if actor.borrowed else f"; max_restarts={actor.spec.options.get('max_restarts', 0)} "
-                    f"does not allow restarting it"))
-            for rec in calls:
-                self._finish(rec, self._error_value(ActorDiedError(
-                    f"{reason} (while running {rec.spec.name})", actor.actor_id.hex())))
-            self._actor_dead(actor, reason)
-            return
-        if created:
-            if actor.restarts_left > 0:
-                actor.restarts_left -= 1
-            actor.num_restarts += 1
-            actor.state = RESTARTING
-        retry = []
-        for rec in calls:
-            if rec.retries_left != 0:
-                if rec.retries_left > 0:
-                    rec.retries_left -= 1
-                rec.state = WAITING_DEPS
-                rec.deps_left = 0
-                retry.append(rec)
-            else:
-                self._finish(rec, self._error_value(ActorDiedError(
-                    f"The node hosting the actor died ({why}) while it ran {rec.spec.name}; "
-                    f"the actor is restarting, but max_task_retries does not allow this call "
-                    f"to be retried.", actor.actor_id.hex())))
-        actor.queue.extendleft(reversed(retry))
-        self.pending_actors.append(actor)
+        limit = "" if actor.borrowed else (
+            f"; max_restarts={actor.spec.options.get('max_restarts', 0)} does not allow "
+            f"restarting it")
+        self._restart_or_end(actor, calls, restartable,
+                             actor.exit_reason or f"The node hosting it died ({why}){limit}",
+                             f"The node hosting the actor died ({why})", counts=created)
 
     def _forwarded_done(self, link: PeerLink, rec, ok: bool, values) -> None:
         freed: list = []
