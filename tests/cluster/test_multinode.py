@@ -539,3 +539,45 @@ def test_hard_affinity_to_a_node_that_dies_never_runs_elsewhere(cluster, driver,
             shoal.get(ref, timeout=10)
     finally:
         assert os.listdir(started) == [b], "the task ran on another node"
+
+
+@pytest.mark.heavy
+@pytest.mark.timeout(90)
+def test_a_reader_whose_copy_died_before_it_fetched_asks_the_owner_which_rebuilds(
+        cluster, driver, tmp_path):
+    """The driver's node lends c a marker for a result on b; b dies before
+    c's task fetches it (c's only CPU is busy); c asks the driver's node
+    again, which rebuilds the result on d, and c's task reads that copy."""
+    b = cluster.add("b", resources={"edge": 1})
+    c = cluster.add("c")
+    d = cluster.add("d", resources={"edge": 1})
+    driver()
+    cluster.wait_linked()
+
+    @shoal.remote(resources={"edge": 1}, max_retries=2)
+    def produce(seed, runs):
+        touch(os.path.join(runs, node_id()))
+        return big_array(seed)
+
+    @shoal.remote
+    def blocker(started, release):
+        touch(started)
+        return wait_for_file(release)
+
+    @shoal.remote
+    def total(a):
+        return node_id(), float(a.sum())
+
+    runs, started, release = tmp_path / "runs", tmp_path / "started", tmp_path / "release"
+    runs.mkdir()
+    ref = produce.options(scheduling_strategy=affinity(b, True)).remote(5, str(runs))
+    shoal.wait([ref], timeout=GET_TIMEOUT)                 # made on b, not fetched
+    busy = blocker.options(scheduling_strategy=affinity(c, False)).remote(str(started),
+                                                                         str(release))
+    wait_for(lambda: started.exists(), timeout=30, what="c's CPU to be taken")
+    out = total.options(scheduling_strategy=affinity(c, False)).remote(ref)  # queued on c
+    cluster.kill("b")
+    touch(str(release))
+    assert shoal.get(busy, timeout=GET_TIMEOUT) is True
+    assert shoal.get(out, timeout=GET_TIMEOUT) == (c, float(big_array(5).sum()))
+    assert sorted(os.listdir(runs)) == sorted([b, d])

@@ -53,6 +53,8 @@ from .logs import write_output
 from .records import HERE, NODE_GONE, RUNNING, WAIT
 
 LOCALITY_BYTES = 1 << 20       # arguments this large on one peer draw the task there
+ORIGIN_RETRIES = 60             # asks of a marker's origin while it notices a holder's death
+ORIGIN_RETRY_S = 0.5
 DIAL_RETRY_S = 2.0             # between attempts to link to a node that did not answer
 PEER_OPS = frozenset({"peer_wait", "cancel", "kill_actor", "pg_reserve", "pg_remove",
                       "actor_handle"})
@@ -426,12 +428,62 @@ class NodePeers:
         link = self.peers.get(holder)      # a node that linked to us may be newer than our view
         info = link or (self.view.get(holder) if self.view else None)
         if info is None:
-            self._remote_lost(oid, e, f"node {holder.hex()[:12]} that held it is gone")
+            self._ask_origin(oid, e, f"node {holder.hex()[:12]} that held it is gone")
             return
         e.value = None
         e.expected = True
         self.fetching[oid] = marker
         self._start_fetch(oid, info.address)
+
+    def _ask_origin(self, oid: bytes, e, why: str) -> None:
+        """The copy a REMOTE marker names cannot be read (its holder died).
+        The node we got the marker from may know better (it rebuilds lost
+        objects it made): ask it again, while it notices the death; with no
+        such node the object is lost."""
+        holder = e.value[1][0]
+        link = next((link for link in (e.origins or ()) if link.state != "dead"
+                     and link.node_id != holder), None)
+        if link is None:
+            self._remote_lost(oid, e, why)
+            return
+        freed: list = []
+        for inner in e.value[2]:
+            self.objects.unpin(inner, freed)
+        e.value = None                   # pending until the origin answers
+        e.expected = True
+        self._free(freed)
+        self._query_origin(oid, link, holder, why, 0)
+
+    def _query_origin(self, oid: bytes, link, holder: bytes, why: str, tries: int) -> None:
+        def answered(ok, values):
+            freed: list = []
+            if ok:
+                stale = [v for o, v, _ in values if o == oid and v[0] == m.REMOTE
+                         and v[1][0] == holder]
+                if stale:        # the same dead copy: the origin has not noticed yet
+                    values = [(o, (m.PENDING, None, ()) if o == oid else v, p)
+                              for o, v, p in values]
+                self._accept(link, values, freed)
+                if stale:
+                    self.loop.call_later(ORIGIN_RETRY_S, self._requery_origin,
+                                         oid, link, holder, why, tries + 1)
+            else:
+                entry = self.objects.get(oid)
+                if entry is not None and entry.value is None:
+                    self._store(oid, self._error_value(values), freed)
+            self._free(freed)
+        self._peer_call(link, "peer_wait", ([oid],), answered)
+
+    def _requery_origin(self, oid, link, holder, why, tries) -> None:
+        with self.lock:
+            e = self.objects.get(oid)
+            if e is None or e.value is not None:
+                return
+            if link.state == "dead" or tries >= ORIGIN_RETRIES:
+                e.value = (m.REMOTE, (holder, 0, None), ())
+                self._remote_lost(oid, e, why)
+                return
+            self._query_origin(oid, link, holder, why, tries)
 
     def _fetch_first(self, ids, then) -> bool:
         """Fetch the REMOTE values among ``ids``; if any must be waited for,
@@ -510,7 +562,7 @@ class NodePeers:
                 self.allocator.free(offset)
                 self._memory_released()
                 e.value = marker
-                self._remote_lost(oid, e, err)
+                self._ask_origin(oid, e, err)
             else:
                 value = (m.SHM, (offset, size, marker[1][2]), marker[2])
                 entry, waiters = self.objects.set_value(oid, value)
