@@ -45,9 +45,12 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
     unknown = set(kwargs) - _IGNORED_INIT_OPTIONS
     if unknown:
         raise TypeError(f"init() got unexpected option(s): {', '.join(sorted(unknown))}")
-    if kwargs.get("runtime_env"):
-        warnings.warn("shoal.init(runtime_env=...) is not supported yet and is ignored",
-                      stacklevel=2)
+    runtime_env = kwargs.get("runtime_env") or {}
+    if set(runtime_env) - {"working_dir"}:
+        warnings.warn(f"shoal.init(runtime_env=...) supports working_dir only; ignored: "
+                      f"{', '.join(sorted(set(runtime_env) - {'working_dir'}))}", stacklevel=2)
+    # a cluster job ships its working directory like runtime_env's working_dir
+    working_dir = runtime_env.get("working_dir") or os.environ.get("SHOAL_JOB_WORKING_DIR")
     if address is None:
         address = os.environ.get("SHOAL_ADDRESS") or None    # set for cluster jobs
     with _core_mod._init_lock:
@@ -66,6 +69,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
             core = connect(address, namespace)
             _core_mod.set_core(core)
             atexit.register(shutdown)
+            _ship_working_dir(core, working_dir)
             return _info(core, address)
         for key, v in (("num_cpus", num_cpus), ("num_gpus", num_gpus),
                        ("object_store_memory", object_store_memory)):
@@ -84,7 +88,17 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         core = DriverCore(node, ns)
         _core_mod.set_core(core)
         atexit.register(shutdown)
+        _ship_working_dir(core, working_dir)
         return _info(core)
+
+
+def _ship_working_dir(core, working_dir: str | None) -> None:
+    if working_dir:
+        try:
+            core.use_working_dir(working_dir)
+        except BaseException:
+            shutdown()
+            raise
 
 
 def _info(core, address: str = "local") -> InitInfo:

@@ -102,3 +102,36 @@ def test_stopping_the_cluster_ends_running_jobs(head):
     launch.stop()
     wait_for(lambda: not any(p.is_running() and p.status() != "zombie" for p in jobs),
              timeout=20, what="the job's process to end with the head")
+
+
+@pytest.mark.timeout(90)
+def test_tasks_on_another_node_import_the_jobs_working_dir(head, tmp_path):
+    """The working directory reaches the node that runs the job's tasks:
+    they import its modules at run time and read its files (their current
+    directory), nested tasks and actors too."""
+    launch.start_node(head["address"], num_cpus=1, resources={"edge": 1})
+    wd = tmp_path / "project"
+    wd.mkdir()
+    (wd / "helper.py").write_text("VALUE = 41\n")
+    (wd / "data.txt").write_text("from the working dir\n")
+    (wd / "main.py").write_text(
+        "import os, shoal\n"
+        "shoal.init()\n"
+        "@shoal.remote(resources={'edge': 0.5})\n"
+        "def f():\n"
+        "    import helper\n"
+        "    return helper.VALUE + 1, open('data.txt').read().strip()\n"
+        "@shoal.remote(resources={'edge': 0.5})\n"
+        "def outer():\n"
+        "    return shoal.get(f.remote())\n"
+        "@shoal.remote(resources={'edge': 0.5})\n"
+        "class A:\n"
+        "    def value(self):\n"
+        "        import helper\n"
+        "        return helper.VALUE\n"
+        "print('results', shoal.get(f.remote()), shoal.get(outer.remote()),\n"
+        "      shoal.get(A.remote().value.remote()))\n")
+    out = cli("job", "submit", "--working-dir", str(wd), "--", "python", "main.py")
+    assert out.returncode == 0, out.stderr
+    expected = (42, "from the working dir")
+    assert f"results {expected} {expected} 41" in out.stdout

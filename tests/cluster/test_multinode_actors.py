@@ -387,8 +387,8 @@ def test_placement_group_strategies_across_nodes(pg_cluster):
     two = {ids["b"], ids["c"]}                  # the nodes with 2 CPUs
     cases = [("STRICT_SPREAD", 3), ("SPREAD", 3), ("STRICT_PACK", 2), ("PACK", 2)]
     for strategy, n in cases:
-        # each group on an idle cluster (see the xfail below for a group made
-        # right after another was removed)
+        # each group on an idle cluster (a group made right after another was
+        # removed: the test below)
         settled(5)
         pg = placement_group([{"CPU": 1}] * n, strategy=strategy)
         assert pg.wait(GET_TIMEOUT), strategy
@@ -402,13 +402,6 @@ def test_placement_group_strategies_across_nodes(pg_cluster):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=False, reason=(
-    "product bug: the owner of a group debits a peer's bundles from its view of that peer "
-    "when it reserves them (node/spread_pg.py _reserve_on_peers, info.take) but never "
-    "credits them back when the group is removed (node/placement.py _pg_remove -> "
-    "spread_pg.py _pg_release_peers only sends pg_remove), so until the next view refresh "
-    "through the head the freed node looks busy and a PACK group made right away is split "
-    "over other nodes although the freed node could hold it whole"))
 def test_a_pack_group_made_right_after_a_removal_uses_the_freed_node(pg_cluster):
     ids = pg_cluster.ids
     hold = placement_group([{"CPU": 1, "at_c": 0.5}], strategy="STRICT_PACK")

@@ -11,7 +11,7 @@ from collections import deque
 from .. import config
 from ..exceptions import SerializationError
 from ..object_ref import ObjectRef, set_ref_log
-from ..scheduler.task import ACTOR_CREATE, STREAMING, TaskSpec, new_task_id
+from ..scheduler.task import ACTOR_CALL, ACTOR_CREATE, STREAMING, TaskSpec, new_task_id
 from ..serialization import deserialize, pack_inline, serialize, write_packed
 from ..transport.messages import ERROR, INLINE, SHM
 
@@ -42,7 +42,16 @@ class Core:
         self.was_restarted = False
         self.exported: set = set()
         self.ref_log: deque = deque()
+        self.wd = None       # the working-dir package this process's tasks carry
         set_ref_log(self.ref_log)
+
+    def use_working_dir(self, path: str) -> None:
+        """Ship directory ``path`` to the nodes that run this driver's work
+        (runtime_env={"working_dir": path}; see runtime_env.py)."""
+        from ..runtime_env import package
+        wd, data = package(path, config.get("max_message_bytes"))
+        self.request("package_put", wd, data)
+        self.wd = wd
 
     # ---------------------------------------------------------- values
     def encode_value(self, value) -> tuple:
@@ -100,6 +109,8 @@ class Core:
             (packed, layout), deps, contained, holders = _EMPTY_ARGS, (), (), ()
         else:
             packed, layout, deps, contained, holders = self._pack_args(name, args, kwargs)
+        if self.wd is not None and kind != ACTOR_CALL:     # a working dir (runtime_env.py)
+            options = {**options, "wd": self.wd} if options else {"wd": self.wd}
         spec = TaskSpec(new_task_id(), kind, function_id, name, packed, layout, deps,
                         num_returns, resources, max_retries, retry_exceptions, contained,
                         self.context.task_id, actor_id, method, options)

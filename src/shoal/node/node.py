@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
 import threading
 import time
 from collections import OrderedDict, deque
@@ -35,6 +36,7 @@ from .lineage import NodeLineage
 from .loop import EventLoop
 from .memory import NodeMemory
 from .memory_monitor import MemoryMonitor
+from .packages import NodePackages
 from .peers import NodePeers
 from .placement import NodePlacement
 from .spread_pg import NodeSpreadPlacement
@@ -45,7 +47,7 @@ from .services import NodeServices
 
 
 class Node(NodeScheduling, NodeWorkerPool, NodeServices, NodeActors, NodePlacement, NodeMemory,
-           NodeLineage, NodePeers, NodeSpreadPlacement):
+           NodeLineage, NodePeers, NodeSpreadPlacement, NodePackages):
     """One machine's runtime. Its methods are split by concern: this file
     (state, refs and freeing, messages from workers, results, shutdown),
     scheduling.py (submitting and scheduling tasks), pool.py (worker
@@ -111,8 +113,11 @@ class Node(NodeScheduling, NodeWorkerPool, NodeServices, NodeActors, NodePlaceme
         self.stopped = False
         self.procs: list = []                     # every worker process started, for reaping
         self.relays: list = []                    # output relays of live workers
+        self.packages: dict = {}                  # working-dir packages (packages.py)
+        self.packages_dir = os.path.join(tempfile.gettempdir(),
+                                         f"shoal-packages-{os.getpid()}-{node_id.hex()[:8]}")
         self.worker_env = {"SHOAL_JOB_ID": job_id.hex(), "SHOAL_NODE_ID": node_id.hex(),
-                           "SHOAL_NAMESPACE": namespace}
+                           "SHOAL_NAMESPACE": namespace, "SHOAL_PACKAGES_DIR": self.packages_dir}
         self.loop = EventLoop()
         self.loop.start()
         self.starting = self.target_pool
@@ -474,6 +479,7 @@ class Node(NodeScheduling, NodeWorkerPool, NodeServices, NodeActors, NodePlaceme
         self.arena.close()
         if self.spill is not None:
             self.spill.close()
+        self._remove_packages()
 
 
 def _wait_or_kill(proc, deadline: float) -> None:

@@ -50,6 +50,7 @@ from .actors import ALIVE, DEAD, PENDING, ActorRecord, _name_taken, _no_such_act
 from ..transport import messages as m
 from ..transport.framing import Connection
 from .logs import write_output
+from .packages import NodePackages
 from .records import HERE, NODE_GONE, RUNNING, WAIT
 
 LOCALITY_BYTES = 1 << 20       # arguments this large on one peer draw the task there
@@ -113,6 +114,7 @@ class PeerLink:
         self.calls: dict = {}        # request_id -> callback(ok, value)
         self.next_call = 0
         self.functions: set = set()  # function ids sent over this link
+        self.packages: set = set()   # working-dir packages sent over this link
         self.submitted = False       # it sent us tasks: it wants their output
         self.blocked = 0
 
@@ -305,7 +307,7 @@ class NodePeers:
 
     _link_handlers = {m.FORWARD: _l_forward, m.PUSH: _l_push, m.RELEASE: _l_release,
                       m.CALL: _l_call, m.REPLY: _l_reply, m.EXPORT: _l_export,
-                      m.OUTPUT: _l_output}
+                      m.OUTPUT: _l_output, m.PACKAGE: NodePackages._l_package}
 
     def _peer_call(self, link: PeerLink, op: str, args: tuple, callback) -> None:
         link.next_call += 1
@@ -704,6 +706,7 @@ class NodePeers:
         if fid is not None and fid not in link.functions:
             link.functions.add(fid)
             self._send(link, (m.EXPORT, fid, self.functions.get(fid)))
+        self._send_package(link, spec)
         ids = [dep for _, dep in spec.deps]
         ids.extend(spec.contained)
         self._send(link, (m.FORWARD, spec.to_wire(), self._export(link, ids) if ids else ()))

@@ -173,6 +173,12 @@ class NodeSpreadPlacement:
             self._schedule()
 
     def _pg_release_peers(self, pg: PlacementGroupRecord) -> None:
+        """Give back the bundles peers hold for ``pg`` (and count their
+        resources free again in our view of them, as forwarded tasks do)."""
+        for i, nid in enumerate(pg.nodes):
+            info = self.view.get(nid) if nid is not None and nid != LOST else None
+            if info is not None:
+                info.take(NodeResources.quantize(pg.bundles[i]), -1)
         for nid in {n for n in pg.nodes if n is not None and n != LOST}:
             link = self.peers.get(nid)
             if link is not None:

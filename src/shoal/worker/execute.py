@@ -34,6 +34,12 @@ class Prepared:
 def prepare(core, functions: dict, blobs: dict, msg: tuple) -> Prepared:
     _, wire, _, dep_values, assigned = msg
     spec = TaskSpec.from_wire(wire)
+    if spec.kind != ACTOR_CALL:
+        wd = spec.options.get("wd") if spec.options is not None else None
+        if wd is not None:          # its driver's working directory (runtime_env.py)
+            from ..runtime_env import activate
+            activate(wd)
+        core.wd = wd
     fid = spec.function_id
     if fid is not None and fid not in functions:
         functions[fid] = loads_function(blobs.pop(fid))
