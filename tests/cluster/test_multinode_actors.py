@@ -493,6 +493,16 @@ back = shoal.get(produce.remote(8), timeout=60)
 expected = np.random.default_rng(8).random(ARGS["big"])
 out["result"] = [back.nbytes, bool(np.array_equal(back, expected))]
 
+@shoal.remote(num_returns="streaming")
+def stream():
+    yield 1
+
+try:                       # runs on the submitting node, and this one runs nothing
+    shoal.get(next(iter(stream.remote())), timeout=30)
+    out["streaming"] = None
+except Exception as e:
+    out["streaming"] = [type(e).__name__, str(e)]
+
 real = sys.stdout
 sys.stdout = seen = io.StringIO()
 pid = shoal.get(chatty.remote(ARGS["token"]), timeout=60)
@@ -551,6 +561,8 @@ def test_a_driver_on_a_machine_without_a_node(cluster, spawn, tmp_path):
     data = big_array(7)
     assert out["put"] == [b, float(data.sum()), data.nbytes, float(data.sum())]
     assert out["result"] == [20 * 1024 * 1024, True]
+    assert out["streaming"][0] == "TaskUnschedulableError"
+    assert "machine without a node" in out["streaming"][1]
     line = next(x for x in out["output"].splitlines() if f"{token} printed on" in x)
     assert f"(chatty pid={out['chatty_pid']})" in line and line.endswith(f"printed on {b}")
 

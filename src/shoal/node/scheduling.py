@@ -16,7 +16,8 @@ from __future__ import annotations
 import time
 from collections import deque
 
-from ..exceptions import ActorDiedError, InfeasibleTaskError, NodeDiedError, ObjectStoreFullError
+from ..exceptions import (ActorDiedError, InfeasibleTaskError, NodeDiedError,
+                          ObjectStoreFullError, TaskUnschedulableError)
 from ..scheduler.resources import NodeResources
 from ..scheduler.task import ACTOR_CALL, ACTOR_CREATE, STREAMING, TASK, TaskSpec, object_id_for
 from ..transport import messages as m
@@ -86,6 +87,12 @@ class NodeScheduling:
             self.actors[spec.task_id] = actor
             if actor.detached:
                 objects.pin(actor.handle_id)
+        if rec.route == HERE and not self.runs_tasks:
+            err = TaskUnschedulableError(
+                f"{spec.name} cannot run: streaming generators (num_returns=\"streaming\" or "
+                f"dynamic) run on the node that submits them, and a driver on a machine "
+                f"without a node runs nothing; submit it from a task, or run the driver on "
+                f"a node's machine")
         if err is None and rec.placement is None:
             reason = self.resources.infeasible_reason(request)
             if reason is not None and self.view is not None and rec.route != HERE:
