@@ -16,6 +16,7 @@ polls a condition with a deadline.
 from __future__ import annotations
 
 import json
+import signal
 import os
 import subprocess
 import sys
@@ -605,3 +606,48 @@ def test_a_task_needing_a_resource_no_node_has_waits_for_a_node_that_has_it(clus
     assert ready == []                      # waiting, not failed
     late = cluster.add("late", resources={"accelerator": 1})
     assert shoal.get(ref, timeout=GET_TIMEOUT) == late
+
+
+# ------------------------------------------------------------ head restarts
+FIND = '''
+shoal.init(address=ARGS["address"])
+h = shoal.get_actor("keeper", namespace="team")
+emit([shoal.get(h.where.remote(), timeout=60), shoal.get(h.inc.remote(), timeout=60)])
+shoal.shutdown()
+'''
+
+
+@pytest.mark.heavy
+@pytest.mark.timeout(90)
+def test_work_goes_on_while_the_head_restarts_and_named_actors_survive_it(
+        cluster, driver, spawn, tmp_path, cluster_env):
+    """Links between nodes do not go through the head: calls to an actor on
+    another node go on while the head is down; the restarted head recovers
+    its directory from its database, so another driver finds the actor."""
+    b = cluster.add("b", resources={"edge": 1})
+    driver()
+    keeper = Counter.options(name="keeper", namespace="team", lifetime="detached",
+                             resources={"edge": 1}).remote()
+    assert shoal.get(keeper.where.remote(), timeout=GET_TIMEOUT) == b
+    head = psutil.Process(launch.status()["head"]["pid"])
+    head.send_signal(signal.SIGKILL)
+    head.wait(10)
+    assert shoal.get([keeper.inc.remote() for _ in range(3)], timeout=GET_TIMEOUT) == [1, 2, 3]
+    port = cluster.address.rsplit(":", 1)[1]
+    proc = subprocess.Popen([sys.executable, "-m", "shoal.cluster.head", "--host", "127.0.0.1",
+                             "--port", port, "--token-file", cluster_env.token_path],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    cluster_env.record_process("head", proc.pid)
+
+    def both_back():
+        try:
+            s = launch.status()
+        except Exception:
+            return False
+        return {n["node_id"] for n in s["nodes"] if n["state"] == "ALIVE"} >= set(
+            cluster.ids.values())
+    wait_for(both_back, timeout=30, what="the nodes to reconnect to the restarted head")
+    (found,) = spawn(FIND, here_env(), address="auto").finish()
+    assert found == [b, 4]
+    shoal.kill(keeper)
