@@ -173,6 +173,9 @@ class Agent:
             free = {k: max(0.0, v) for k, v in
                     node.resources.as_floats(node.resources.available).items()}
             pending = sum(len(q) for q in node.queues.values()) + len(node.pending_actors)
+            # tasks queued on a busy worker behind the one it runs wait too
+            pending += sum(len(w.inflight) - 1 for w in node.workers.values()
+                           if w.actor is None and len(w.inflight) > 1)
         return free, pending
 
 
