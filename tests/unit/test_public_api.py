@@ -11,7 +11,7 @@ def test_public_surface_is_what_all_says():
     public = {n for n in dir(shoal) if not n.startswith("_")}
     modules = {"api", "config", "core", "node", "object_ref", "options", "remote_function",
                "runtime_context", "scheduler", "serialization", "object_store", "transport",
-               "worker", "cluster", "cli", "demo"}
+               "worker", "cluster", "cli", "demo", "runtime_env"}
     assert public - modules - set(shoal.__all__) == set()
 
 

@@ -142,6 +142,10 @@ class WorkerLoop:
                     raise KeyboardInterrupt
             core.user_code = core.reader is None
             try:
+                if core.nudged and core.user_code:
+                    # a nudge that came after the check above, before user_code
+                    # was set, only set ``nudged``: read it now, not after the task
+                    self._deferred_nudge()
                 result = p.fn(*p.args, **p.kwargs)
                 if is_streaming(spec):
                     done = run_streaming(core, spec, result)
@@ -262,11 +266,16 @@ class WorkerLoop:
         """Read what the nudge announced; called only where the main thread is
         about to run user code again, so raising here interrupts the task."""
         core = self.core
-        core.user_code = False
-        try:
-            core.read_available()
-        finally:
-            core.user_code = True
+        while True:
+            core.user_code = False
+            try:
+                core.read_available()
+            finally:
+                core.user_code = True
+            # a nudge that came while we read (answering a REVOKE sends) only
+            # set ``nudged``: its message may not have been there yet
+            if not core.nudged:
+                break
         if self.current is not None and self.current in self.cancelled:
             raise KeyboardInterrupt
 
