@@ -80,11 +80,17 @@ def kill_tree(proc: subprocess.Popen, extra_pids: list[int]) -> None:
     proc.wait()
 
 
-def run_child(system: str, workload: str, reps: int, timeout: float) -> dict:
-    """One fresh process: returns the workload's JSON, or {"error": ...}."""
-    cmd = [sys.executable, str(BENCH / "workloads.py"),
-           "--system", system, "--workload", workload, "--reps", str(reps)]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=subprocess.PIPE,
+def run_child(system: str, workload: str, reps: int, timeout: float,
+              script: Path | None = None, prefix: list[str] | None = None,
+              extra_args: list[str] | None = None, env: dict | None = None) -> dict:
+    """One fresh process: returns the workload's JSON, or {"error": ...}.
+
+    ``script`` (default bench/workloads.py) takes --system/--workload/--reps
+    (and ``extra_args``) and prints a BENCH_RESULT line; ``prefix`` goes
+    before the interpreter (e.g. ``ip netns exec NS``, which execs it)."""
+    cmd = [*(prefix or []), sys.executable, str(script or BENCH / "workloads.py"),
+           "--system", system, "--workload", workload, "--reps", str(reps), *(extra_args or [])]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env or child_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + timeout
     seen: list[int] = []  # descendants seen while it ran, to clean up after a hang
@@ -117,21 +123,26 @@ def split_reps(reps: int, batches: int) -> list[int]:
 
 
 def measure_workload(name: str, systems: list[str], reps: int, batches: int,
-                     timeout: float, log) -> dict:
-    w = WORKLOADS[name]
-    systems = [s for s in systems if s != "mp" or w.mp_setup is not None]
+                     timeout: float, log, workloads: dict | None = None,
+                     runner=None, labels: dict | None = None) -> dict:
+    """Alternate ``systems`` over fresh subprocesses: ``runner(system, name,
+    reps, timeout)`` (default run_child on bench/workloads.py)."""
+    w = (workloads or WORKLOADS)[name]
+    runner = runner or run_child
+    labels = labels or LABELS
+    systems = [s for s in systems if w.runs_on(s)]
     res = {s: {"samples": [], "error": None, "detail": None} for s in systems}
 
     if w.fresh_process:
         plan = [1] * reps
         for s in systems:  # untimed process: warm the page cache and imports
-            log(f"  {LABELS[s]:<10} warm-up process")
-            r = run_child(s, name, 1, timeout)
+            log(f"  {labels[s]:<10} warm-up process")
+            r = runner(s, name, 1, timeout)
             if "error" in r:  # it would fail the same way: don't wait on it again
                 res[s]["error"], res[s]["detail"] = r["error"], r["detail"]
-                log(f"  {LABELS[s]:<10} warm-up: {r['error']}: {r['detail']}")
+                log(f"  {labels[s]:<10} warm-up: {r['error']}: {r['detail']}")
     else:
-        plan = split_reps(reps, batches)
+        plan = split_reps(reps, w.batches or batches)
 
     for b, n in enumerate(plan):
         order = systems if b % 2 == 0 else systems[::-1]
@@ -139,15 +150,16 @@ def measure_workload(name: str, systems: list[str], reps: int, batches: int,
             if res[s]["error"]:
                 continue
             t0 = time.monotonic()
-            r = run_child(s, name, n, timeout)
+            r = runner(s, name, n, timeout)
             took = time.monotonic() - t0
             if "error" in r:
                 res[s]["error"], res[s]["detail"] = r["error"], r["detail"]
-                log(f"  {LABELS[s]:<10} batch {b + 1}/{len(plan)}: {r['error']}: {r['detail']}")
+                log(f"  {labels[s]:<10} batch {b + 1}/{len(plan)}: {r['error']}: {r['detail']}")
             else:
                 res[s]["samples"] += r["samples"]
-                res[s]["version"] = r["extra"].get("version")
-                log(f"  {LABELS[s]:<10} batch {b + 1}/{len(plan)}: "
+                res[s]["version"] = r.get("extra", {}).get("version")
+                res[s].setdefault("extra", []).append(r.get("extra", {}))
+                log(f"  {labels[s]:<10} batch {b + 1}/{len(plan)}: "
                     + ", ".join(f"{x:.4g}" for x in r["samples"]) + f" {w.unit}  ({took:.1f} s)")
     return res
 
@@ -183,14 +195,16 @@ def median(r: dict | None):
     return statistics.median(r["samples"]) if r and r["samples"] else None
 
 
-def table_rows(results: dict, systems: list[str]) -> tuple[list[str], list[list[str]]]:
-    header = ["workload"] + [LABELS[s] for s in systems]
+def table_rows(results: dict, systems: list[str], workloads: dict | None = None,
+               labels: dict | None = None) -> tuple[list[str], list[list[str]]]:
+    labels = labels or LABELS
+    header = ["workload"] + [labels[s] for s in systems]
     if "shoal" in systems and "ray" in systems:
         header.append("speedup vs Ray (>1: shoal better)")
     header += ["target (shoal)", "met?"]
     rows = []
     for name, res in results.items():
-        w = WORKLOADS[name]
+        w = (workloads or WORKLOADS)[name]
         row = [name] + [cell(res.get(s), w.unit) for s in systems]
         shoal, ray = median(res.get("shoal")), median(res.get("ray"))
         if "shoal" in systems and "ray" in systems:
@@ -199,7 +213,14 @@ def table_rows(results: dict, systems: list[str]) -> tuple[list[str], list[list[
             else:
                 row.append("—")
         row.append(w.target_text)
-        row.append("—" if shoal is None else ("yes" if w.meets(shoal) else "no"))
+        if w.target is None or shoal is None:
+            row.append("—")
+        elif w.relative_to:
+            ref = median(res.get(w.relative_to[0]))
+            row.append("—" if not ref else
+                       f"{'yes' if w.meets(shoal, ref) else 'no'} ({shoal / ref:.2f}×)")
+        else:
+            row.append("yes" if w.meets(shoal) else "no")
         rows.append(row)
     return header, rows
 

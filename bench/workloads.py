@@ -37,19 +37,40 @@ class Workload:
     name: str
     unit: str
     higher_is_better: bool
-    target: float  # shoal's target on a 2-core machine, num_cpus=2
+    target: Optional[float]  # shoal's target on a 2-core machine, num_cpus=2
     warmup: int = 1  # untimed calls of measure() before the timed ones
     fresh_process: bool = False  # one measurement per process; does its own init
     init_kwargs: Optional[dict] = None  # extra ray.init() arguments
     setup: Optional[Callable] = None  # setup(ray) -> measure() -> float
     mp_setup: Optional[Callable] = None  # setup(pool) -> measure() -> float
+    # Other columns this row has (bench/cluster.py: "tcp", the raw-TCP ceiling).
+    peers: tuple = ()
+    # A target relative to another column: shoal >= target x that column's
+    # median (relative_to = (system, label)); target=None: no target.
+    relative_to: Optional[tuple] = None
+    batches: Optional[int] = None  # overrides --batches for this row
+
+    def runs_on(self, system: str) -> bool:
+        if system in ("shoal", "ray"):
+            return True
+        if system == "mp":
+            return self.mp_setup is not None
+        return system in self.peers
 
     @property
     def target_text(self) -> str:
-        return f"{'≥' if self.higher_is_better else '≤'} {fmt_number(self.target)} {self.unit}"
+        if self.target is None:
+            return "—"
+        sign = "≥" if self.higher_is_better else "≤"
+        if self.relative_to:
+            return f"{sign} {self.target:g}× {self.relative_to[1]}"
+        return f"{sign} {fmt_number(self.target)} {self.unit}"
 
-    def meets(self, value: float) -> bool:
-        return value >= self.target if self.higher_is_better else value <= self.target
+    def meets(self, value: float, reference: Optional[float] = None) -> bool:
+        """Whether shoal's ``value`` meets the target (``reference``: the median
+        of the column a relative target refers to)."""
+        target = self.target * reference if self.relative_to else self.target
+        return value >= target if self.higher_is_better else value <= target
 
 
 WORKLOADS: dict[str, Workload] = {}
