@@ -100,6 +100,7 @@ class Node(NodeScheduling, NodeWorkerPool, NodeServices, NodeActors, NodePlaceme
         self.driver_clients: list = []            # drivers connected over a socket (cluster)
         self.view = None                          # other nodes ({node_id: PeerInfo}) in a cluster
         self.peers: dict = {}                     # node_id -> PeerLink
+        self.unreachable: set = set()             # node ids whose link died (peers.py)
         self.fetching: dict = {}                  # object_id -> REMOTE value being fetched
         self.spread_turn = 0
         self.lost_bundles = False                 # a placement group lost bundles with a peer

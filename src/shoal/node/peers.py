@@ -165,6 +165,7 @@ class NodePeers:
                 if nid not in alive and nid in self.view:
                     self._close_link(self.peers[nid])
             self.view = alive
+            self.unreachable &= alive.keys()
             for nid, info in alive.items():
                 if nid in self.peers or self.dialing.get(nid, 0.0) > time.monotonic():
                     continue
@@ -220,6 +221,7 @@ class NodePeers:
             if old is not None:
                 self._close_link(old)
             self.peers[node_id] = link
+            self.unreachable.discard(node_id)
         self.loop.call_soon(self.loop.add_reader, link.conn.fileno(), self._on_link_readable, link)
         with self.lock:
             self._schedule()
@@ -650,9 +652,10 @@ class NodePeers:
         link = self.peers.get(route)       # affinity to a peer (HERE never gets here)
         if link is not None:
             return link
-        if route in self.view:
+        soft = rec.spec.options["strategy"][2]
+        if route in self.view and not (soft and route in self.unreachable):
             return WAIT                    # known, not linked yet: not somewhere else
-        if rec.spec.options["strategy"][2]:
+        if soft:
             rec.route = None               # soft, and that node is gone: anywhere
             return self._forward_first(rec)
         return NODE_GONE
@@ -863,6 +866,8 @@ class NodePeers:
         self.loop.call_soon(self._drop_link_fd, link, link.conn.fileno())
         if self.peers.get(link.node_id) is link:
             del self.peers[link.node_id]
+            # probably dead: soft affinity moves on now, hard waits for the head's word
+            self.unreachable.add(link.node_id)
         if self.stopped:
             return
         for key in [k for k in self.requests if k[0] is link]:
