@@ -589,8 +589,9 @@ class NodePeers:
         self._on_object_lost(oid, e, why)
 
     def transfer_source(self, oid: bytes):
-        """For a peer's fetch (listener thread): (fd, offset, size, done) to
-        send, or why not. The object is counted as mapped until ``done``."""
+        """For a peer's fetch (listener thread): (fd, offset, size, done,
+        memory or None) to send, or why not. The object is counted as mapped
+        until ``done``."""
         with self.lock:
             e = self.objects.entries.get(oid)
             value = e.value if e is not None else None
@@ -602,7 +603,7 @@ class NodePeers:
                     fd = os.open(path, os.O_RDONLY)
                 except OSError as err:
                     return f"its spill file cannot be read ({err})"
-                return fd, 0, size, lambda: os.close(fd)
+                return fd, 0, size, lambda: os.close(fd), None
             mid = mapped_id(oid)
             self.objects.add_ref(mid)          # not spilled or freed while it is sent
             offset, size, _ = value[1]
@@ -612,7 +613,7 @@ class NodePeers:
                     freed: list = []
                     self.objects.remove_ref(mid, 1, freed)
                     self._free(freed)
-            return self.arena.fd, offset, size, done
+            return self.arena.fd, offset, size, done, self.arena.writable(offset, size)
 
     # ----------------------------------------------------------- forwarding
     def _route_for(self, spec, client, request: dict):
