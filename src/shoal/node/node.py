@@ -36,26 +36,32 @@ from .lineage import NodeLineage
 from .loop import EventLoop
 from .memory import NodeMemory
 from .memory_monitor import MemoryMonitor
+from .fetch import NodeFetch
 from .packages import NodePackages
 from .peers import NodePeers
 from .placement import NodePlacement
 from .spread_pg import NodeSpreadPlacement
 from .pool import NodeWorkerPool
+from .remote_actors import NodeRemoteActors
 from .records import FINISHED, WAITING_DEPS, GeneratorState, TaskRecord
 from .scheduling import NodeScheduling
 from .services import NodeServices
 
 
 class Node(NodeScheduling, NodeWorkerPool, NodeServices, NodeActors, NodePlacement, NodeMemory,
-           NodeLineage, NodePeers, NodeSpreadPlacement, NodePackages):
+           NodeLineage, NodePeers, NodeFetch, NodeRemoteActors, NodeSpreadPlacement,
+           NodePackages):
     """One machine's runtime. Its methods are split by concern: this file
     (state, refs and freeing, messages from workers, results, shutdown),
     scheduling.py (submitting and scheduling tasks), pool.py (worker
     processes and their deaths), services.py (requests clients wait on),
     actors.py (actor lifecycle), placement.py (placement groups and
     strategies), memory.py (shared memory, spilling, shipping values),
-    lineage.py (rebuilding lost objects) and peers.py (other nodes: forwarded
-    tasks, borrowed objects)."""
+    lineage.py (rebuilding lost objects), peers.py (other nodes: links,
+    forwarded tasks, lent objects, a peer's death), fetch.py (moving lent
+    objects' bytes), remote_actors.py (actors on other nodes, named actors),
+    spread_pg.py (placement groups across nodes) and packages.py (working
+    directories)."""
 
     def __init__(self, resources: dict[str, float], object_store_memory: int,
                  log_to_driver: bool, namespace: str, job_id: bytes, node_id: bytes,

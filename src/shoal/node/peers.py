@@ -33,29 +33,28 @@ for its tasks go, tasks we forwarded to it retry, and entries that relied on
 it (a REMOTE or PENDING value with no other origin) are lost: rebuilt from
 lineage where we made them, ObjectLostError otherwise.
 
+Fetching the bytes of borrowed values is in fetch.py, actors on other
+nodes and named actors in remote_actors.py.
+
 Part of ``Node`` (a base class of it), under ``node.lock``.
 """
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
 
-from ..exceptions import NodeDiedError, ObjectStoreFullError, TaskCancelledError
+from ..exceptions import NodeDiedError, TaskCancelledError
 from ..scheduler.resources import NodeResources
-from ..scheduler.task import (ACTOR_CALL, ACTOR_CREATE, STREAMING, TASK, TaskSpec, mapped_id,
-                              object_id_for)
-from .actors import ALIVE, DEAD, PENDING, ActorRecord, _name_taken, _no_such_actor
+from ..scheduler.task import ACTOR_CALL, ACTOR_CREATE, STREAMING, TASK, TaskSpec
 from ..transport import messages as m
 from ..transport.framing import Connection
+from .actors import DEAD
 from .logs import write_output
 from .packages import NodePackages
 from .records import HERE, NODE_GONE, RUNNING, WAIT
 
 LOCALITY_BYTES = 1 << 20       # arguments this large on one peer draw the task there
-ORIGIN_RETRIES = 60             # asks of a marker's origin while it notices a holder's death
-ORIGIN_RETRY_S = 0.5
 DIAL_RETRY_S = 2.0             # between attempts to link to a node that did not answer
 PEER_OPS = frozenset({"peer_wait", "cancel", "kill_actor", "pg_reserve", "pg_remove",
                       "actor_handle"})
@@ -423,198 +422,6 @@ class NodePeers:
         self._to_drivers(True, text)
         return None
 
-    # ------------------------------------------------------------- fetching
-    def _fetch(self, oid: bytes, e) -> None:
-        """Pull a REMOTE value's bytes into this node's store. The entry waits
-        meanwhile (value None, expected), so whoever needs it just waits."""
-        marker = e.value
-        holder = marker[1][0]
-        link = self.peers.get(holder)      # a node that linked to us may be newer than our view
-        info = link or (self.view.get(holder) if self.view else None)
-        if info is None:
-            self._ask_origin(oid, e, f"node {holder.hex()[:12]} that held it is gone")
-            return
-        e.value = None
-        e.expected = True
-        self.fetching[oid] = marker
-        self._start_fetch(oid, info.address)
-
-    def _ask_origin(self, oid: bytes, e, why: str) -> None:
-        """The copy a REMOTE marker names cannot be read (its holder died).
-        The node we got the marker from may know better (it rebuilds lost
-        objects it made): ask it again, while it notices the death; with no
-        such node the object is lost."""
-        holder = e.value[1][0]
-        link = next((link for link in (e.origins or ()) if link.state != "dead"
-                     and link.node_id != holder), None)
-        if link is None:
-            self._remote_lost(oid, e, why)
-            return
-        freed: list = []
-        for inner in e.value[2]:
-            self.objects.unpin(inner, freed)
-        e.value = None                   # pending until the origin answers
-        e.expected = True
-        self._free(freed)
-        self._query_origin(oid, link, holder, why, 0)
-
-    def _query_origin(self, oid: bytes, link, holder: bytes, why: str, tries: int) -> None:
-        def answered(ok, values):
-            freed: list = []
-            if ok:
-                stale = [v for o, v, _ in values if o == oid and v[0] == m.REMOTE
-                         and v[1][0] == holder]
-                if stale:        # the same dead copy: the origin has not noticed yet
-                    values = [(o, (m.PENDING, None, ()) if o == oid else v, p)
-                              for o, v, p in values]
-                self._accept(link, values, freed)
-                if stale:
-                    self.loop.call_later(ORIGIN_RETRY_S, self._requery_origin,
-                                         oid, link, holder, why, tries + 1)
-            else:
-                entry = self.objects.get(oid)
-                if entry is not None and entry.value is None:
-                    self._store(oid, self._error_value(values), freed)
-            self._free(freed)
-        self._peer_call(link, "peer_wait", ([oid],), answered)
-
-    def _requery_origin(self, oid, link, holder, why, tries) -> None:
-        with self.lock:
-            e = self.objects.get(oid)
-            if e is None or e.value is not None:
-                return
-            if link.state == "dead" or tries >= ORIGIN_RETRIES:
-                e.value = (m.REMOTE, (holder, 0, None), ())
-                self._remote_lost(oid, e, why)
-                return
-            self._query_origin(oid, link, holder, why, tries)
-
-    def _fetch_first(self, ids, then) -> bool:
-        """Fetch the REMOTE values among ``ids``; if any must be waited for,
-        call ``then`` once they are all here and return True."""
-        entries = self.objects.entries
-        for oid in ids:
-            e = entries.get(oid)
-            if e is not None and e.value is not None and e.value[0] == m.REMOTE:
-                self._fetch(oid, e)
-        waiting = [oid for oid in ids if (e := entries.get(oid)) is not None and e.value is None]
-        if not waiting:
-            return False
-        left = [len(waiting)]
-
-        def arrived(oid, entry):
-            left[0] -= 1
-            if left[0] == 0:
-                then()
-        for oid in waiting:
-            self.objects.add_waiter(oid, arrived)
-        return True
-
-    def _start_fetch(self, oid: bytes, address, deadline: float | None = None) -> None:
-        marker = self.fetching.get(oid)
-        if marker is None:
-            return
-        e = self.objects.entries.get(oid)
-        if e is None or e.value is not None:     # freed meanwhile
-            self._fetch_abandoned(oid, marker)
-            return
-        size = marker[1][1]
-        try:
-            offset = self._alloc(size)
-        except ObjectStoreFullError as err:
-            if not getattr(err, "waitable", False):
-                self._fetch_failed(oid, err)
-                return
-            if deadline is None:
-                deadline = time.monotonic() + self.store_full_timeout
-            self._wait_for_memory(("retry", lambda: self._start_fetch(oid, address, deadline),
-                                   lambda full: self._fetch_failed(oid, full)), deadline)
-            return
-        threading.Thread(target=self._fetch_thread, args=(address, oid, marker, offset),
-                         daemon=True, name="shoal-fetch").start()
-
-    def _fetch_abandoned(self, oid: bytes, marker: tuple) -> None:
-        self.fetching.pop(oid, None)
-        freed: list = []
-        for inner in marker[2]:
-            self.objects.unpin(inner, freed)
-        self._free(freed)
-
-    def _fetch_failed(self, oid: bytes, err: BaseException) -> None:
-        marker = self.fetching.get(oid)
-        if marker is None:
-            return
-        self._fetch_abandoned(oid, marker)
-        e = self.objects.entries.get(oid)
-        if e is not None and e.value is None:
-            freed: list = []
-            self._store(oid, self._error_value(err), freed)
-            self._free(freed)
-
-    def _fetch_thread(self, address, oid: bytes, marker: tuple, offset: int) -> None:
-        size = marker[1][1]
-        err = self.fetcher.fetch(address, oid, size, self.arena.writable(offset, size))
-        with self.lock:
-            self.fetching.pop(oid, None)
-            freed: list = []
-            e = self.objects.entries.get(oid)
-            if e is None or e.value is not None:      # freed (or made again) meanwhile
-                self.allocator.free(offset)
-                self._memory_released()
-                self._fetch_abandoned(oid, marker)
-            elif err is not None:
-                self.allocator.free(offset)
-                self._memory_released()
-                e.value = marker
-                self._ask_origin(oid, e, err)
-            else:
-                value = (m.SHM, (offset, size, marker[1][2]), marker[2])
-                entry, waiters = self.objects.set_value(oid, value)
-                self.resident[oid] = None
-                for cb in waiters or ():
-                    cb(oid, entry)
-                self.objects.release_if_unheld(oid, freed)
-            self._free(freed)
-            self._schedule()
-
-    def _remote_lost(self, oid: bytes, e, why: str) -> None:
-        """A borrowed value whose bytes we cannot get any more."""
-        marker = e.value
-        if marker is not None:
-            freed: list = []
-            for inner in marker[2]:
-                self.objects.unpin(inner, freed)
-            e.value = None
-            self._free(freed)
-        self._on_object_lost(oid, e, why)
-
-    def transfer_source(self, oid: bytes):
-        """For a peer's fetch (listener thread): (fd, offset, size, done,
-        memory or None) to send, or why not. The object is counted as mapped
-        until ``done``."""
-        with self.lock:
-            e = self.objects.entries.get(oid)
-            value = e.value if e is not None else None
-            if value is None or value[0] not in (m.SHM, m.SPILLED):
-                return f"object {oid.hex()} is not held by node {self.node_id.hex()[:12]}"
-            if value[0] == m.SPILLED:
-                path, size, _ = value[1]
-                try:
-                    fd = os.open(path, os.O_RDONLY)
-                except OSError as err:
-                    return f"its spill file cannot be read ({err})"
-                return fd, 0, size, lambda: os.close(fd), None
-            mid = mapped_id(oid)
-            self.objects.add_ref(mid)          # not spilled or freed while it is sent
-            offset, size, _ = value[1]
-
-            def done(mid=mid):
-                with self.lock:
-                    freed: list = []
-                    self.objects.remove_ref(mid, 1, freed)
-                    self._free(freed)
-            return self.arena.fd, offset, size, done, self.arena.writable(offset, size)
-
     # ----------------------------------------------------------- forwarding
     def _route_for(self, spec, client, request: dict):
         """A new task's route: HERE (sent by a peer, a streaming generator,
@@ -720,117 +527,6 @@ class NodePeers:
         info = self.view.get(link.node_id)
         if info is not None:
             info.take(rec.request)
-
-    # --------------------------------------------------------------- actors
-    def _forward_actor(self, link: PeerLink, actor, rec) -> None:
-        """Have the peer host ``actor``: it creates it and runs its calls; we
-        forward them (``_pump_actor``) and restart it elsewhere if it dies."""
-        actor.remote = link
-        self._forward(link, rec)
-
-    def _remote_actor_created(self, link: PeerLink, actor, value: tuple) -> None:
-        if value[0] == m.ERROR:
-            actor.no_restart = True
-            self._actor_dead(actor, "The actor's constructor raised an error; see the cause "
-                             "above.", cause=value)
-            return
-        actor.state = ALIVE
-        self._pump_actor(actor)
-
-    def _borrowed_actor(self, actor_id: bytes):
-        """A call to an actor we only hold a handle to: reach it through the
-        node the handle came from."""
-        e = self.objects.get(object_id_for(actor_id, 1))
-        link = next((link for link in (e.origins or ()) if link.state != "dead"), None) \
-            if e is not None else None
-        if link is None:
-            return None
-        actor = self.actors[actor_id] = ActorRecord.proxy(actor_id, link)
-        return actor
-
-    # ------------------------------------------------ named actors (the head)
-    def _register_name_in_cluster(self, client, reply, name, namespace, actor_id,
-                                  get_if_exists, meta) -> None:
-        """Claim the name in the head's directory; if a live actor elsewhere
-        holds it, give it back (get_if_exists) or refuse."""
-        import pickle
-        key = (namespace, name)
-        row = {"actor_id": actor_id.hex(), "node_id": self.node_id.hex(),
-               "meta": pickle.dumps(meta).hex() if meta is not None else None}
-
-        def answered(ok, holder):
-            with self.lock:
-                if not ok:
-                    self.named.pop(key, None)
-                    reply(False, holder)
-                elif holder is None:
-                    reply(True, None)
-                else:
-                    if self.named.get(key) == actor_id:
-                        del self.named[key]
-                    if get_if_exists:
-                        self._handle_from(client, reply, holder)
-                    else:
-                        reply(False, _name_taken(name, namespace))
-        self.head.call("actor_register", (namespace, name, row), answered)
-
-    def _get_actor_in_cluster(self, client, reply, name, namespace) -> None:
-        def answered(ok, holder):
-            with self.lock:
-                if not ok:
-                    reply(False, holder)
-                elif holder is None:
-                    reply(False, _no_such_actor(name, namespace))
-                else:
-                    self._handle_from(client, reply, holder)
-        self.head.call("actor_lookup", (namespace, name), answered)
-
-    def _handle_from(self, client, reply, holder: dict) -> None:
-        """A handle to the actor the directory row ``holder`` names, on
-        another node: its handle object is borrowed from that node, and the
-        ref to it is counted here for ``client`` (the reply carries a lease)."""
-        import pickle
-        actor_id = bytes.fromhex(holder["actor_id"])
-        meta = pickle.loads(bytes.fromhex(holder["meta"])) if holder.get("meta") else None
-        link = self.peers.get(bytes.fromhex(holder["node_id"]))
-        if link is None:
-            reply(False, ValueError(f"the actor {actor_id.hex()} lives on node "
-                                    f"{holder['node_id'][:12]}, which this node cannot reach"))
-            return
-
-        def borrowed(ok, values, link=link):
-            with self.lock:
-                if not ok:
-                    reply(False, values)
-                    return
-                freed: list = []
-                touched = self._accept(link, values, freed, release=False)
-                handle_id = object_id_for(actor_id, 1)
-                lease = self._lease(client, handle_id)
-                for oid in touched:
-                    self.objects.unpin(oid, freed)
-                self._free(freed)
-                reply(True, (actor_id, meta, lease))
-        self._peer_call(link, "actor_handle", (actor_id,), borrowed)
-
-    def _svc_actor_handle(self, link, request_id, reply, actor_id) -> None:
-        actor = self.actors.get(actor_id)
-        if actor is None or actor.state == DEAD or actor.borrowed:
-            raise ValueError(f"actor {actor_id.hex()} does not live on this node")
-        reply(True, self._export(link, [object_id_for(actor_id, 1)]))
-
-    def _remote_actor_lost(self, actor, calls: list, why: str) -> None:
-        """The node hosting ``actor`` died: restart it elsewhere if it may."""
-        actor.remote = None
-        created = actor.state != PENDING
-        restartable = not actor.borrowed and not actor.no_restart and (
-            actor.restarts_left != 0 or not created)
-        limit = "" if actor.borrowed else (
-            f"; max_restarts={actor.spec.options.get('max_restarts', 0)} does not allow "
-            f"restarting it")
-        self._restart_or_end(actor, calls, restartable,
-                             actor.exit_reason or f"The node hosting it died ({why}){limit}",
-                             f"The node hosting the actor died ({why})", counts=created)
 
     def _forwarded_done(self, link: PeerLink, rec, ok: bool, values) -> None:
         freed: list = []
