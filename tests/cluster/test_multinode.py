@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 
 import cloudpickle
 import numpy as np
@@ -28,11 +27,14 @@ from shoal.exceptions import (NodeDiedError, ObjectLostError, TaskError,
                               TaskUnschedulableError)
 from shoal.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from ..conftest import wait_for
+from .. import conftest
+from ..conftest import touch, wait_for, wait_for_file
 
 # Tasks defined here run in workers of the node agents, which cannot import
-# this test module wherever pytest runs from: ship its functions by value.
+# this test module (nor tests/conftest.py, whose helpers they call) wherever
+# pytest runs from: ship their functions by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
+cloudpickle.register_pickle_by_value(conftest)
 
 BIG = 20 * 1024 * 1024 // 8          # float64s in a 20 MB array
 GET_TIMEOUT = 60
@@ -41,20 +43,6 @@ GET_TIMEOUT = 60
 # ------------------------------------------------------------------ in tasks
 def node_id() -> str:
     return os.environ["SHOAL_NODE_ID"]
-
-
-def touch(path: str) -> None:
-    with open(path, "w"):
-        pass
-
-
-def wait_for_file(path: str, seconds: float = 60.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def big_array(seed: int) -> np.ndarray:
@@ -70,6 +58,22 @@ def where():
 def hop(to: str):
     """Run on one node, submit to the node with marker resource ``to``."""
     return node_id(), shoal.get(where.options(resources={to: 0.01}).remote())
+
+
+@shoal.remote
+def gate(i, started, release):
+    """Mark ``started/<i>-<node id>``, wait for the file ``release``; where it ran."""
+    touch(os.path.join(started, f"{i}-{node_id()}"))
+    assert wait_for_file(release)
+    return node_id()
+
+
+@shoal.remote(max_retries=1)
+def held_task(started, release):
+    """Mark ``started/<node id>``, wait for the file ``release``; where it ran."""
+    touch(os.path.join(started, node_id()))
+    assert wait_for_file(release)
+    return node_id()
 
 
 # -------------------------------------------------------------------- cluster
@@ -159,6 +163,16 @@ def affinity(nid: str, soft: bool):
     return NodeAffinitySchedulingStrategy(node_id=nid, soft=soft)
 
 
+def start_held_task(tmp_path, nid: str, **options):
+    """Submit ``held_task`` with ``options`` and wait until it has started on
+    node ``nid``: its ref, the directory of its markers, its release file."""
+    started, release = tmp_path / "started", tmp_path / "release"
+    started.mkdir()
+    ref = held_task.options(**options).remote(str(started), str(release))
+    wait_for(lambda: os.listdir(started) == [nid], timeout=30, what="the task to start on b")
+    return ref, started, release
+
+
 # ---------------------------------------------------------------- placement
 @pytest.mark.timeout(60)
 def test_a_task_needing_a_custom_resource_runs_on_the_node_that_has_it(cluster, driver):
@@ -179,12 +193,6 @@ def test_tasks_overflow_to_another_node_when_the_local_node_is_busy(cluster, dri
     b = cluster.add("b")
     driver()
     cluster.wait_linked()
-
-    @shoal.remote
-    def gate(i, started, release):
-        touch(os.path.join(started, f"{i}-{node_id()}"))
-        assert wait_for_file(release)
-        return node_id()
 
     started, release = tmp_path / "started", tmp_path / "release"
     started.mkdir()
@@ -239,12 +247,6 @@ def test_soft_affinity_to_the_busy_local_node_waits_for_it(cluster, driver, tmp_
     driver()
     cluster.wait_linked()
     head = cluster.ids["head"]
-
-    @shoal.remote
-    def gate(i, started, release):
-        touch(os.path.join(started, f"{i}-{node_id()}"))
-        assert wait_for_file(release)
-        return node_id()
 
     started, release = tmp_path / "started", tmp_path / "release"
     started.mkdir()
@@ -493,18 +495,8 @@ def test_soft_affinity_to_a_node_that_dies_retries_elsewhere(cluster, driver, tm
     b = cluster.add("b", resources={"edge": 1})
     driver()
     cluster.wait_linked()        # so the task is routed to b by its affinity
-
-    @shoal.remote(resources={"edge": 1}, max_retries=1)
-    def long_task(started, release):
-        touch(os.path.join(started, node_id()))
-        assert wait_for_file(release)
-        return node_id()
-
-    started, release = tmp_path / "started", tmp_path / "release"
-    started.mkdir()
-    ref = long_task.options(scheduling_strategy=affinity(b, True)).remote(str(started),
-                                                                          str(release))
-    wait_for(lambda: os.listdir(started) == [b], timeout=30, what="the task to start on b")
+    ref, started, release = start_held_task(tmp_path, b, resources={"edge": 1},
+                                            scheduling_strategy=affinity(b, True))
     c = cluster.add("c", resources={"edge": 1})
     cluster.wait_linked(["head", "c"])          # b's CPU is taken by the task
     cluster.kill("b")
@@ -520,18 +512,8 @@ def test_hard_affinity_to_a_node_that_dies_never_runs_elsewhere(cluster, driver,
     b = cluster.add("b")
     driver()
     cluster.wait_linked()
-
-    @shoal.remote(max_retries=1)
-    def long_task(started, release):
-        touch(os.path.join(started, node_id()))
-        assert wait_for_file(release)
-        return node_id()
-
-    started, release = tmp_path / "started", tmp_path / "release"
-    started.mkdir()
-    ref = long_task.options(scheduling_strategy=affinity(b, False)).remote(str(started),
-                                                                           str(release))
-    wait_for(lambda: os.listdir(started) == [b], timeout=30, what="the task to start on b")
+    ref, started, release = start_held_task(tmp_path, b,
+                                            scheduling_strategy=affinity(b, False))
     cluster.kill("b")
     touch(str(release))
     try:
