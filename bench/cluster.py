@@ -46,7 +46,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +54,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 import run as common  # noqa: E402  (bench/run.py: runner, tables, machine line)
-from workloads import MB, RESULT_PREFIX, Workload, now  # noqa: E402
+from workloads import MB, Workload, measure_n, now, print_result, result  # noqa: E402
 
 SYSTEMS = ("shoal", "ray", "tcp")
 LABELS = {"shoal": "shoal", "ray": "Ray", "tcp": "raw TCP"}
@@ -593,29 +592,9 @@ def child(system: str, name: str, reps: int, netns: dict | None) -> dict:
     return result(system, w, samples, extra)
 
 
-def measure_n(measure, warmup, reps):
-    for _ in range(warmup):
-        measure()
-    return [measure() for _ in range(reps)]
-
-
-def result(system, w, samples, extra):
-    return {"system": system, "workload": w.name, "unit": w.unit,
-            "higher_is_better": w.higher_is_better, "samples": samples, "extra": extra}
-
-
 def child_main(args) -> None:
     netns = json.loads(args.netns) if args.netns else None
-    try:
-        out = child(args.system, args.workload, args.reps, netns)
-    except BaseException as e:
-        if isinstance(e, SystemExit) and isinstance(e.code, str):
-            print(e.code, file=sys.stderr)
-        else:
-            traceback.print_exc()
-        sys.stderr.flush()
-        os._exit(1)
-    print(RESULT_PREFIX + json.dumps(out), flush=True)
+    print_result(lambda: child(args.system, args.workload, args.reps, netns))
     sys.stdout.flush()
     os._exit(0)      # skip Ray's atexit hooks: its processes are gone already
 
@@ -854,27 +833,12 @@ def main(argv=None) -> int:
     log(f"done in {took:.0f} s; {load}\n")
 
     header, rows = common.table_rows(results, args.systems, workloads=WORKLOADS, labels=LABELS)
-    print(common.text_table(header, rows))
-    failures = [f"{LABELS[s]} on {n!r}: {r['error']}: {r['detail']}"
-                for n, res in results.items() for s, r in res.items() if r["error"]]
-    if failures or notes:
-        print("\nfailures and notes:\n" + "\n".join("  " + n for n in failures + notes))
-    if args.markdown:
-        md = [common.markdown_table(header, rows), "",
-              f"Machine: {machine}.", "",
-              f"Median [min–max] over n repetitions, each system in its own fresh processes "
-              f"(bench/cluster.py --reps {args.reps} --batches {args.batches}; the failure "
-              f"rows one process per system). Speedup > 1 means shoal is better. "
-              f"Took {took:.0f} s; {load}."]
-        if failures or notes:
-            md += ["", "Failures and notes:", ""] + [f"- {n}" for n in failures + notes]
-        Path(args.markdown).write_text("\n".join(md) + "\n")
-        log(f"wrote {args.markdown}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(
-            {"machine": machine, "reps": args.reps, "batches": args.batches,
-             "results": results}, indent=1, ensure_ascii=False))
-        log(f"wrote {args.json}")
+    common.report(args, results, header, rows, machine,
+                  common.failures(results, LABELS) + notes, "Failures and notes",
+                  f"Median [min–max] over n repetitions, each system in its own fresh "
+                  f"processes (bench/cluster.py --reps {args.reps} --batches {args.batches}; "
+                  f"the failure rows one process per system). Speedup > 1 means shoal is "
+                  f"better. Took {took:.0f} s; {load}.", log)
     return 0
 
 

@@ -350,20 +350,33 @@ def main(argv=None):
     log(f"done in {time.monotonic() - started:.0f} s\n")
 
     header, rows = table_rows(results, args.systems)
-    print(text_table(header, rows))
-    notes = [f"{LABELS[s]} on {n!r}: {r['error']}: {r['detail']}"
-             for n, res in results.items() for s, r in res.items() if r["error"]]
-    if notes:
-        print("\nfailures:\n" + "\n".join("  " + n for n in notes))
+    report(args, results, header, rows, machine, failures(results), "Failures",
+           f"Median [min–max] over n repetitions, each system in its own fresh processes "
+           f"(bench/run.py --reps {args.reps} --batches {args.batches}), "
+           f"`ray.init(num_cpus=2)` for both. Speedup > 1 means shoal is better.", log)
+    return 0
 
+
+def failures(results: dict, labels: dict = LABELS) -> list[str]:
+    """One line per cell that failed: the system, the row, the error."""
+    return [f"{labels[s]} on {n!r}: {r['error']}: {r['detail']}"
+            for n, res in results.items() for s, r in res.items() if r["error"]]
+
+
+def report(args, results: dict, header, rows, machine: str, notes: list[str], title: str,
+           method: str, log) -> None:
+    """Print the table and ``notes`` (under ``title``); write --markdown (the
+    table, the machine, ``method``: how it was measured, and the notes) and
+    --json (the raw results)."""
+    print(text_table(header, rows))
+    if notes:
+        print(f"\n{title.lower()}:\n" + "\n".join("  " + n for n in notes))
     if args.markdown:
         md = [markdown_table(header, rows), "",
               f"Machine: {machine}.", "",
-              f"Median [min–max] over n repetitions, each system in its own fresh processes "
-              f"(bench/run.py --reps {args.reps} --batches {args.batches}), "
-              f"`ray.init(num_cpus=2)` for both. Speedup > 1 means shoal is better."]
+              method]
         if notes:
-            md += ["", "Failures:", ""] + [f"- {n}" for n in notes]
+            md += ["", f"{title}:", ""] + [f"- {n}" for n in notes]
         Path(args.markdown).write_text("\n".join(md) + "\n")
         log(f"wrote {args.markdown}")
     if args.json:
@@ -371,7 +384,6 @@ def main(argv=None):
             {"machine": machine, "reps": args.reps, "batches": args.batches,
              "results": results}, indent=1, ensure_ascii=False))
         log(f"wrote {args.json}")
-    return 0
 
 
 if __name__ == "__main__":

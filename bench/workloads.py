@@ -475,8 +475,14 @@ def main(argv=None):
     p.add_argument("--workload", required=True, choices=sorted(WORKLOADS))
     p.add_argument("--reps", type=int, default=3)
     args = p.parse_args(argv)
+    print_result(lambda: run(args.system, args.workload, args.reps))
+
+
+def print_result(compute) -> None:
+    """A child's last act: print ``compute()``'s result for the runner on a
+    RESULT_PREFIX line, or report its error and exit 1 at once."""
     try:
-        out = run(args.system, args.workload, args.reps)
+        out = compute()
     except BaseException as e:  # report, then fail
         if isinstance(e, SystemExit) and isinstance(e.code, str):
             print(e.code, file=sys.stderr)
