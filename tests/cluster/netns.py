@@ -198,6 +198,12 @@ def wait_for_file(path, seconds=60.0):
         time.sleep(0.01)
     return True
 
+def hold(kind, started, release):
+    """Leave the marker started/KIND-NODE_ID-PID (the test reads it with
+    gate_markers), then wait for the file ``release``."""
+    touch(os.path.join(started, f"{kind}-{node_id()}-{os.getpid()}"))
+    assert wait_for_file(release)
+
 def emit(name, value):
     """Hand ``value`` to the test as OUT/name.json (appears atomically)."""
     tmp = os.path.join(OUT, name + ".tmp")

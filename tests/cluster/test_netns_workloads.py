@@ -200,8 +200,7 @@ wait_linked(["a", "b"])
 @shoal.remote(num_returns=2, max_retries=3)
 def mapper(i, started=None, release=None):
     if started is not None:
-        touch(os.path.join(started, f"m{i}-{node_id()}-{os.getpid()}"))
-        assert wait_for_file(release)
+        hold(f"m{i}", started, release)
     return node_id(), np.arange(N, dtype=np.int64) * (i + 1)
 
 @shoal.remote(max_retries=3)
@@ -221,8 +220,7 @@ class Counter:
     def where(self):
         return node_id()
     def gate(self, started, release):
-        touch(os.path.join(started, f"actor-{node_id()}-{os.getpid()}"))
-        assert wait_for_file(release)
+        hold("actor", started, release)
         return node_id()
 
 # phase 1, before c joins: maps that finish, those needing w on b (their
@@ -298,8 +296,7 @@ on_b = NodeAffinitySchedulingStrategy(node_id=ARGS["ids"]["b"], soft=True)
 
 @shoal.remote(max_retries=3)
 def gated(started, release):
-    touch(os.path.join(started, f"m-{node_id()}-{os.getpid()}"))
-    assert wait_for_file(release)
+    hold("m", started, release)
     return node_id()
 
 @shoal.remote(max_restarts=1, max_task_retries=1)
@@ -347,8 +344,7 @@ wait_linked(["a", "b"])
 @shoal.remote(num_returns=2, max_retries=3)
 def mapper(i, started=None, release=None):
     if started is not None:
-        touch(os.path.join(started, f"m{i}-{node_id()}-{os.getpid()}"))
-        assert wait_for_file(release)
+        hold(f"m{i}", started, release)
     return machine(), np.arange(N, dtype=np.int64) * (i + 1)
 
 @shoal.remote(max_retries=3)
