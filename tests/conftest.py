@@ -2,6 +2,7 @@
 that it left no worker process behind."""
 from __future__ import annotations
 
+import inspect
 import os
 import time
 
@@ -74,3 +75,8 @@ def wait_for_file(path: str, seconds: float = 60.0) -> bool:
 def touch(path: str) -> None:
     with open(path, "w"):
         pass
+
+
+# touch and wait_for_file as source text, for driver programs run as scripts
+# (tests/cluster: their preludes), which cannot import this module.
+FILE_HELPERS = inspect.getsource(touch) + "\n" + inspect.getsource(wait_for_file)

@@ -27,7 +27,7 @@ import pytest
 
 from shoal.cluster.auth import new_token, write_token
 
-from ..conftest import wait_for
+from ..conftest import FILE_HELPERS, wait_for
 
 requires_netns = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("ip") is None,
@@ -186,18 +186,7 @@ def machine():
              if a.family == socket.AF_INET and a.address.startswith("10.231.")]
     return ip
 
-def touch(path):
-    with open(path, "w"):
-        pass
-
-def wait_for_file(path, seconds=60.0):
-    deadline = time.monotonic() + seconds
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
+''' + FILE_HELPERS + '''
 def hold(kind, started, release):
     """Leave the marker started/KIND-NODE_ID-PID (the test reads it with
     gate_markers), then wait for the file ``release``."""

@@ -34,7 +34,7 @@ from shoal.util.placement_group import (placement_group, placement_group_table,
                                         remove_placement_group)
 from shoal.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from ..conftest import wait_for
+from ..conftest import FILE_HELPERS, wait_for
 from .test_multinode import (BIG, GET_TIMEOUT, big_array, cluster, driver,  # noqa: F401
                              node_id, touch, wait_for_file, where)
 
@@ -92,14 +92,7 @@ def emit(value):
 def node_id():
     return os.environ["SHOAL_NODE_ID"]
 
-def wait_for_file(path, seconds=60.0):
-    deadline = time.monotonic() + seconds
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
+''' + FILE_HELPERS + '''
 @shoal.remote
 class Counter:
     def __init__(self):
