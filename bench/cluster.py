@@ -738,24 +738,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.child:
         return args
-    args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    bad = [s for s in args.systems if s not in SYSTEMS]
-    if bad or not args.systems:
-        p.error(f"--systems takes names from {','.join(SYSTEMS)}, got {bad or 'nothing'}")
-    if args.reps < 1:
-        p.error("--reps must be at least 1")
-    names = list(WORKLOADS)
-    if args.only:
-        chosen = []
-        for want in args.only:
-            hits = ([n for n in names if n == want]
-                    or [n for n in names if want.lower() in n.lower()])
-            if len(hits) != 1:
-                p.error(f"--only {want!r} matches {hits or 'no row'}; rows: {names}")
-            chosen += [h for h in hits if h not in chosen]
-        names = [n for n in names if n in chosen]
-    args.names = names
-    return args
+    return common.check_args(p, args, SYSTEMS, WORKLOADS)
 
 
 def main(argv=None) -> int:

@@ -306,16 +306,21 @@ def parse_args(argv=None):
     p.add_argument("--markdown", metavar="FILE", help="write the table as markdown to FILE")
     p.add_argument("--json", metavar="FILE", help="write all samples as JSON to FILE")
     p.add_argument("--list", action="store_true", help="list the rows and exit")
-    args = p.parse_args(argv)
+    return check_args(p, p.parse_args(argv), SYSTEMS, WORKLOADS)
 
+
+def check_args(p, args, systems, workloads: dict):
+    """--systems as a list of names from ``systems``, --reps at least 1,
+    --only (exact names or unique substrings) as ``args.names``, the rows
+    of ``workloads`` to run; ``p.error`` otherwise."""
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    bad = [s for s in args.systems if s not in SYSTEMS]
+    bad = [s for s in args.systems if s not in systems]
     if bad or not args.systems:
-        p.error(f"--systems takes names from {','.join(SYSTEMS)}, got {bad or 'nothing'}")
+        p.error(f"--systems takes names from {','.join(systems)}, got {bad or 'nothing'}")
     if args.reps < 1:
         p.error("--reps must be at least 1")
 
-    names = list(WORKLOADS)
+    names = list(workloads)
     if args.only:
         chosen = []
         for want in args.only:
