@@ -12,8 +12,8 @@ Forwarding. A task that cannot start here (no free resources, none of the
 kind it asks for, a large argument held elsewhere, SPREAD, affinity to
 another node) goes to a peer whose free resources, as last heard through
 the head and minus what we have sent it since, can take it. The peer runs it
-as its own (never forwarding it on), and we ask it ``peer_wait`` for the
-returns: the reply carries their values. Our task record stays RUNNING with
+as its own (never forwarding it on) and answers the FORWARD, as it would a
+``peer_wait`` on the returns, with their values. Our task record stays RUNNING with
 the link as its "worker"; if the peer dies the task is retried elsewhere
 (``max_retries``) or fails with NodeDiedError.
 
@@ -266,6 +266,8 @@ class NodePeers:
         self._submit(spec, link)
         for oid in touched:
             objects.unpin(oid, freed)
+        # the FORWARD is also the request for the results: answered as a peer_wait
+        self._l_call(link, (m.CALL, msg[3], "peer_wait", (spec.return_ids(),)), freed)
 
     def _l_push(self, link, msg, freed) -> None:
         self._accept(link, msg[1], freed)
@@ -520,10 +522,11 @@ class NodePeers:
         self._send_package(link, spec)
         ids = [dep for _, dep in spec.deps]
         ids.extend(spec.contained)
-        self._send(link, (m.FORWARD, spec.to_wire(), self._export(link, ids) if ids else ()))
-        self._peer_call(link, "peer_wait", (spec.return_ids(),),
-                        lambda ok, values, link=link, rec=rec:
-                        self._forwarded_done(link, rec, ok, values))
+        link.next_call += 1         # the peer answers it with the results (a peer_wait)
+        link.calls[link.next_call] = lambda ok, values, link=link, rec=rec: \
+            self._forwarded_done(link, rec, ok, values)
+        self._send(link, (m.FORWARD, spec.to_wire(), self._export(link, ids) if ids else (),
+                          link.next_call))
         info = self.view.get(link.node_id)
         if info is not None:
             info.take(rec.request)

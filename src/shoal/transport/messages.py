@@ -41,7 +41,8 @@ NODE_ID = 26       # (NODE_ID, node_id)                  the node rejoined under
 # node <-> node (a peer link, node/peers.py; CALL, REPLY, EXPORT, OUTPUT too) ---
 PUSH = 30          # (PUSH, [(object_id, value)])       copies the receiver now borrows
 RELEASE = 31       # (RELEASE, [(object_id, n)])        borrowed copies the receiver freed
-FORWARD = 32       # (FORWARD, spec_wire, values)       run this task here; values as PUSH
+FORWARD = 32       # (FORWARD, spec_wire, values, request_id) run this task here; values as
+                   #   PUSH; answered by a REPLY to request_id with the returns' values
 PACKAGE = 33       # (PACKAGE, package_id, bytes)       a driver's working directory (runtime_env.py)
 
 # object value kinds ----------------------------------------------------------
