@@ -412,11 +412,18 @@ def test_a_pack_group_made_right_after_a_removal_uses_the_freed_node(pg_cluster)
 
 
 @pytest.mark.timeout(60)
-def test_an_infeasible_strict_spread_waits_for_a_fourth_node(pg_cluster):
+def test_an_infeasible_strict_spread_waits_for_a_fourth_node(pg_cluster, capfd):
     pg = placement_group([{"CPU": 1}] * 4, strategy="STRICT_SPREAD")
     ready, _ = shoal.wait([pg.ready()], timeout=1.0)
     assert ready == []
     assert placement_group_table(pg)["state"] != "CREATED"
+    seen = {"err": ""}
+
+    def warned():
+        seen["err"] += capfd.readouterr().err
+        return "cannot be placed yet" in seen["err"]
+    wait_for(warned, timeout=20, what="the driver to be warned")
+    assert "STRICT_SPREAD puts each of its 4 bundles on a different node" in seen["err"]
     d = pg_cluster.add("d")
     assert pg.wait(GET_TIMEOUT)
     nodes = placed(pg)

@@ -52,9 +52,10 @@ from ..transport.framing import Connection
 from .actors import DEAD
 from .logs import write_output
 from .packages import NodePackages
-from .records import HERE, NODE_GONE, RUNNING, WAIT
+from .records import FINISHED, HERE, NODE_GONE, RUNNING, WAIT
 
 LOCALITY_BYTES = 1 << 20       # arguments this large on one peer draw the task there
+INFEASIBLE_WARN_S = 2.0        # a request no node can meet is reported after this long
 DIAL_RETRY_S = 2.0             # between attempts to link to a node that did not answer
 PEER_OPS = frozenset({"peer_wait", "cancel", "kill_actor", "pg_reserve", "pg_remove",
                       "actor_handle"})
@@ -418,11 +419,25 @@ class NodePeers:
         request = rec.request
         if any(info.fits_total(request) for info in self.view.values()):
             return None
-        text = (f"shoal: {rec.spec.name} cannot be scheduled on any node of the cluster yet "
-                f"({reason}); it waits until a node that has those resources joins.\n")
-        self.peer_log(text.strip())
-        self._to_drivers(True, text)
+
+        def still() -> bool:
+            return rec.state != FINISHED and not any(
+                info.fits_total(request) for info in self.view.values())
+        self._warn_unless_resolved(still, (
+            f"shoal: {rec.spec.name} cannot be scheduled on any node of the cluster yet "
+            f"({reason}); it waits until a node that has those resources joins.\n"))
         return None
+
+    def _warn_unless_resolved(self, still, text: str) -> None:
+        """Tell the drivers ``text`` if ``still()`` holds INFEASIBLE_WARN_S
+        from now: news of a node that just joined may lag by a heartbeat."""
+        def check():
+            with self.lock:
+                if self.stopped or not still():
+                    return
+            self.peer_log(text.strip())
+            self._to_drivers(True, text)
+        self.loop.call_later(INFEASIBLE_WARN_S, check)
 
     # ----------------------------------------------------------- forwarding
     def _route_for(self, spec, client, request: dict):

@@ -211,22 +211,26 @@ class NodeSpreadPlacement:
 
     def _pg_infeasible_in_cluster(self, pg: PlacementGroupRecord) -> str | None:
         """In a cluster nothing is infeasible for good (nodes may join), but
-        a group no node set can hold now gets a warning saying why."""
+        a group no set of nodes can hold gets a warning saying why."""
+        if self._pg_unplaceable(pg) is not None:
+            def still() -> bool:
+                return pg.state == PENDING and self._pg_unplaceable(pg) is not None
+            self._warn_unless_resolved(still, (
+                f"shoal: placement group {pg.name or pg.pg_id.hex()} cannot be placed yet: "
+                f"{self._pg_unplaceable(pg)}; it waits until nodes that can hold it join.\n"))
+        return None
+
+    def _pg_unplaceable(self, pg: PlacementGroupRecord) -> str | None:
+        """Why no set of the cluster's nodes could ever hold ``pg``, or None."""
         totals = [self.resources.total] if self.runs_tasks else []
         totals += [info.total for info in self.view.values() if not info.driver]
-        why = None
         if pg.strategy == "STRICT_SPREAD" and len(pg.bundles) > len(totals):
-            why = (f"STRICT_SPREAD puts each of its {len(pg.bundles)} bundles on a different "
-                   f"node, and this cluster has {len(totals)} node(s)")
+            return (f"STRICT_SPREAD puts each of its {len(pg.bundles)} bundles on a different "
+                    f"node, and this cluster has {len(totals)} node(s)")
         for b in pg.bundles:
             req = NodeResources.quantize(b)
             if not any(all(t.get(k, 0) >= v for k, v in req.items()) for t in totals):
-                why = f"no node of the cluster can hold its bundle {_fmt(b)}"
-        if why is not None:
-            text = (f"shoal: placement group {pg.name or pg.pg_id.hex()} cannot be placed yet: "
-                    f"{why}; it waits until nodes that can hold it join.\n")
-            self.peer_log(text.strip())
-            self._to_drivers(True, text)
+                return f"no node of the cluster can hold its bundle {_fmt(b)}"
         return None
 
     # --------------------------------------------------------- the peer side
