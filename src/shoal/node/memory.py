@@ -30,7 +30,7 @@ from ..object_ref import MappingLease, adopted_ref
 from ..object_store.spill import SpillLost
 from ..scheduler.task import mapped_id
 from ..transport import messages as m
-from .records import FINISHED
+from .records import FINISHED, uncount
 from .services import DRIVER
 
 
@@ -290,11 +290,7 @@ class NodeMemory:
         """Take back a ship whose value never left the node."""
         mid = mapped_id(oid)
         if client is not DRIVER:
-            n = client.held.get(mid, 0) - 1
-            if n > 0:
-                client.held[mid] = n
-            else:
-                client.held.pop(mid, None)
+            uncount(client.held, mid, 1)
         freed: list = []
         self.objects.remove_ref(mid, 1, freed)
         self._free(freed)

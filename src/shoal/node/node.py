@@ -43,7 +43,7 @@ from .placement import NodePlacement
 from .spread_pg import NodeSpreadPlacement
 from .pool import NodeWorkerPool
 from .remote_actors import NodeRemoteActors
-from .records import FINISHED, WAITING_DEPS, GeneratorState, TaskRecord
+from .records import FINISHED, WAITING_DEPS, GeneratorState, TaskRecord, uncount
 from .scheduling import NodeScheduling
 from .services import NodeServices
 
@@ -265,11 +265,7 @@ class Node(NodeScheduling, NodeWorkerPool, NodeServices, NodeActors, NodePlaceme
             objects.add_ref(oid, n)
             held[oid] = held.get(oid, 0) + n
         for oid, n in msg[2]:
-            left = held.get(oid, 0) - n
-            if left > 0:
-                held[oid] = left
-            else:
-                held.pop(oid, None)
+            uncount(held, oid, n)
             objects.remove_ref(oid, n, freed)
 
     def _h_put(self, w, msg, freed) -> None:

@@ -52,7 +52,7 @@ from ..transport.framing import Connection
 from .actors import DEAD
 from .logs import write_output
 from .packages import NodePackages
-from .records import FINISHED, HERE, NODE_GONE, RUNNING, WAIT
+from .records import FINISHED, HERE, NODE_GONE, RUNNING, WAIT, uncount
 
 LOCALITY_BYTES = 1 << 20       # arguments this large on one peer draw the task there
 INFEASIBLE_WARN_S = 2.0        # a request no node can meet is reported after this long
@@ -276,11 +276,7 @@ class NodePeers:
     def _l_release(self, link, msg, freed) -> None:
         objects, pushed = self.objects, link.pushed
         for oid, n in msg[1]:
-            left = pushed.get(oid, 0) - n
-            if left > 0:
-                pushed[oid] = left
-            else:
-                pushed.pop(oid, None)
+            uncount(pushed, oid, n)
             for _ in range(n):
                 objects.unpin(oid, freed)
 

@@ -14,6 +14,16 @@ WAIT = object()     # _forward_first: the task must wait for its node's link
 NODE_GONE = object()  # _forward_first: hard affinity to a node that died
 
 
+def uncount(counts: dict, key, n: int) -> None:
+    """Take ``n`` off ``counts[key]``, dropping the key at zero (the refs a
+    client holds, the copies lent over a link)."""
+    left = counts.get(key, 0) - n
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
+
+
 class TaskRecord:
     __slots__ = ("spec", "state", "retries_left", "worker", "deps_left", "request", "key",
                  "cancelled", "children", "gen", "submitted_at", "placement", "started_at",
