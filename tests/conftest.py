@@ -23,8 +23,16 @@ def wait_for(condition, timeout: float = 10.0, interval: float = 0.01, what: str
 
 
 def worker_children() -> list:
-    return [p for p in psutil.Process().children(recursive=True)
-            if "shoal.worker.main" in " ".join(_cmdline(p))]
+    for attempt in range(5):
+        try:
+            children = psutil.Process().children(recursive=True)
+            break
+        except IndexError:
+            # psutil reads every /proc/PID/stat; one of a process exiting at
+            # that instant can come back empty (psutil's _ppid_map then fails)
+            if attempt == 4:
+                raise
+    return [p for p in children if "shoal.worker.main" in " ".join(_cmdline(p))]
 
 
 def _cmdline(p) -> list:
