@@ -116,6 +116,12 @@ class ActorUnavailableError(ActorError):
     """The actor is temporarily unreachable (restarting)."""
 
 
+class CollectiveError(ShoalError):
+    """A collective operation or group could not complete: a member died or
+    left, the members called different operations or sizes, the group did not
+    form, or an operation ran past the group's timeout."""
+
+
 class GetTimeoutError(ShoalError, TimeoutError):
     """``get`` or ``wait`` ran past its timeout."""
 
@@ -165,7 +171,7 @@ RayTaskError = TaskError
 RayActorError = ActorError
 
 __all__ = [
-    "NodeDiedError",
+    "NodeDiedError", "CollectiveError",
     "ShoalError", "TaskError", "WorkerCrashedError", "ActorError", "ActorDiedError",
     "ActorUnavailableError", "GetTimeoutError", "TaskCancelledError", "ObjectLostError",
     "ObjectStoreFullError", "SerializationError", "InfeasibleTaskError", "OutOfMemoryError",

@@ -1,0 +1,139 @@
+"""How the members of a collective group find each other.
+
+One small async actor per group, named ``shoal.collective:<group>`` in the
+job's namespace (so any member on any node finds it through the named-actor
+directory). Each member creates it if absent (``get_if_exists``) and calls
+``join(rank, world_size, backend, info)``: the call waits inside the actor
+until every rank has joined, then returns every member's ``info`` (node,
+pid, listening address...), a fresh group id and a per-group secret that the
+ring backend's connections prove they know. A join that is still incomplete
+after ``timeout_s`` fails for every waiting member with the missing ranks.
+
+``create_collective_group`` (from the driver) only *declares* the group:
+which actor has which rank. A declared member initialises itself on its
+first collective call by asking the actor for its rank.
+
+After join every member calls ``leave``; when all have, the actor exits, so
+a group costs a process only while it forms. A new ``join`` on a group that
+completed (or failed) starts a new generation under the same name.
+"""
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+import shoal
+from ..exceptions import CollectiveError
+
+ACTOR_PREFIX = "shoal.collective:"
+
+
+class _Rendezvous:
+    def __init__(self, group_name: str):
+        self.group_name = group_name
+        self.declared: dict[str, tuple] = {}        # actor id hex -> (rank, world, backend, timeout)
+        self._new_generation()
+
+    def _new_generation(self) -> None:
+        self.world = None
+        self.backend = None
+        self.members: dict[int, dict] = {}
+        self.left: set[int] = set()
+        self.complete = asyncio.Event()
+        self.failed = False
+        self.generation = secrets.token_hex(8)
+        self.secret = secrets.token_hex(32)
+
+    async def declare(self, ranks_by_actor: dict, world_size: int, backend: str,
+                      timeout_s: float) -> None:
+        for actor_id, rank in ranks_by_actor.items():
+            self.declared[actor_id] = (rank, world_size, backend, timeout_s)
+
+    async def declared_rank(self, actor_id: str):
+        return self.declared.get(actor_id)
+
+    async def join(self, rank: int, world_size: int, backend: str, info: dict,
+                   timeout_s: float) -> dict:
+        if self.complete.is_set() or self.failed:
+            self._new_generation()
+        if self.world is None:
+            self.world, self.backend = world_size, backend
+        elif world_size != self.world:
+            raise CollectiveError(
+                f"collective group {self.group_name!r}: rank {rank} joined with world_size "
+                f"{world_size}, others with {self.world}")
+        elif backend != self.backend:
+            raise CollectiveError(
+                f"collective group {self.group_name!r}: rank {rank} asked for backend "
+                f"{backend!r}, others for {self.backend!r}")
+        if not 0 <= rank < world_size:
+            raise CollectiveError(f"collective group {self.group_name!r}: rank {rank} is "
+                                  f"outside 0..{world_size - 1}")
+        if rank in self.members:
+            raise CollectiveError(f"collective group {self.group_name!r}: rank {rank} "
+                                  f"already joined (pid {self.members[rank].get('pid')})")
+        self.members[rank] = info
+        generation = self.generation
+        if len(self.members) == self.world:
+            self.complete.set()
+        try:
+            await asyncio.wait_for(self.complete.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            if self.generation == generation:
+                self.failed = True
+            missing = sorted(set(range(world_size)) - set(self.members))
+            raise CollectiveError(
+                f"collective group {self.group_name!r}: rank(s) {missing} did not join "
+                f"within {timeout_s:g} s (joined: {sorted(self.members)})") from None
+        return {"members": [self.members[r] for r in range(self.world)],
+                "group_id": generation, "secret": self.secret, "backend": self.backend}
+
+    async def leave(self, rank: int, generation: str | None) -> None:
+        if generation is None and self.failed:
+            generation = self.generation         # a member whose join failed
+        if generation != self.generation:
+            return
+        self.left.add(rank)
+        if self.left >= set(self.members) and (self.complete.is_set() or self.failed):
+            if not self._pending_declarations():
+                shoal.actor.exit_actor()
+
+    def _pending_declarations(self) -> bool:
+        return bool(self.declared) and not self.complete.is_set()
+
+
+_RendezvousActor = None
+
+
+def _actor_class():
+    global _RendezvousActor
+    if _RendezvousActor is None:
+        _RendezvousActor = shoal.remote(num_cpus=0, max_restarts=0)(_Rendezvous)
+    return _RendezvousActor
+
+
+def rendezvous_actor(group_name: str):
+    """The group's rendezvous actor, created if no member made it yet."""
+    return _actor_class().options(name=ACTOR_PREFIX + group_name, get_if_exists=True,
+                                  lifetime="detached").remote(group_name)
+
+
+def existing_rendezvous(group_name: str):
+    try:
+        return shoal.get_actor(ACTOR_PREFIX + group_name)
+    except ValueError:
+        return None
+
+
+def join(group_name: str, rank: int, world_size: int, backend: str, info: dict,
+         timeout_s: float) -> dict:
+    """Join the group; every member's info (by rank), group id and secret."""
+    actor = rendezvous_actor(group_name)
+    try:
+        answer = shoal.get(actor.join.remote(rank, world_size, backend, info, timeout_s),
+                           timeout=timeout_s + 30)
+    except CollectiveError as e:       # raised in the actor: a plain message here
+        actor.leave.remote(rank, None)
+        raise CollectiveError(str(getattr(e, "cause", None) or e)) from None
+    actor.leave.remote(rank, answer["group_id"])
+    return answer

@@ -1,0 +1,324 @@
+"""The ring backend: members on different machines, over TCP.
+
+Each member listens on its node's address before the group forms and
+publishes (host, port) through the rendezvous. Then every pair connects once
+(the lower rank dials), proving the per-group secret with the cluster's
+handshake (cluster/auth.py) before anything else is read; only raw numbers
+cross these connections, never pickles.
+
+Every message is a 24-byte header (operation kind, step, payload bytes) and
+the payload, received straight into numpy memory (``recv_into``). A member
+that sees a header it did not expect (another operation, another size)
+raises a CollectiveError naming both. Sends run on one sender thread per
+group so that a member sends to its right neighbour while it receives from
+its left one; the ring algorithms are the bandwidth-optimal ones:
+
+- allreduce: reduce-scatter then all-gather around the ring, each of the
+  2(p-1) steps moving 1/p of the data, in segments of ``SEGMENT`` bytes so
+  that reducing one segment overlaps receiving the next;
+- broadcast: a pipelined chain from the root; allgather: p-1 ring steps;
+- reducescatter: the first half of allreduce; alltoall: p-1 pairwise steps;
+- send/recv: straight on the pair's connection.
+
+A member that dies closes its connections: the others' pending receive
+fails at once. A member that hangs is caught by the group's timeout.
+"""
+from __future__ import annotations
+
+import queue
+import socket
+import struct
+import threading
+
+import numpy as np
+
+from ..cluster.auth import client_handshake, server_handshake
+from ..exceptions import CollectiveError
+from .shm import (ALLGATHER, ALLREDUCE, ALLTOALL, BARRIER, BROADCAST, OP_NAMES, REDUCE,
+                  REDUCESCATTER)
+from .tensors import ReduceOp, check_mean, finish_mean, reduce_into, split_bounds
+
+HEADER = struct.Struct("!QQQ")       # kind, step, payload bytes
+SEGMENT = 1 << 20
+P2P = 100
+
+
+def listen(host: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.bind((host, 0))
+    sock.listen(64)
+    return sock
+
+
+class RingGroup:
+    backend = "ring"
+
+    def __init__(self, name: str, rank: int, world: int, members: list[dict], secret: str,
+                 timeout_s: float, listener: socket.socket):
+        self.name, self.rank, self.world, self.timeout_s = name, rank, world, timeout_s
+        self.closed = False
+        self.conns: dict[int, socket.socket] = {}
+        self._connect(members, secret, listener)
+        self.right = self.conns.get((rank + 1) % world)
+        self.left = self.conns.get((rank - 1) % world)
+        self._jobs: queue.Queue = queue.Queue()
+        self._sender = threading.Thread(target=self._send_loop, daemon=True,
+                                        name=f"shoal-collective-{name}")
+        self._sender.start()
+        self._send_error: BaseException | None = None
+        self._tmp = np.empty(0, np.uint8)
+
+    # ---------------------------------------------------------------- set up
+    def _connect(self, members, secret, listener) -> None:
+        accepted: dict[int, socket.socket] = {}
+        errors: list[BaseException] = []
+        expected = self.rank               # ranks below me dial me
+
+        def accept_all():
+            listener.settimeout(self.timeout_s)
+            try:
+                while len(accepted) < expected:
+                    sock, _ = listener.accept()
+                    sock.settimeout(self.timeout_s)
+                    server_handshake(sock, secret, "node", self.timeout_s)
+                    (r,) = struct.unpack("!Q", _recv_exact(sock, 8))
+                    if not 0 <= r < self.rank or r in accepted:
+                        sock.close()
+                        continue
+                    accepted[r] = sock
+            except BaseException as e:      # reported below
+                errors.append(e)
+
+        t = threading.Thread(target=accept_all, daemon=True)
+        t.start()
+        try:
+            for r in range(self.rank + 1, self.world):
+                host, port = members[r]["ring_address"]
+                sock = socket.create_connection((host, port), timeout=self.timeout_s)
+                client_handshake(sock, secret, "node")
+                sock.sendall(struct.pack("!Q", self.rank))
+                self.conns[r] = sock
+            t.join(self.timeout_s + 1)
+        finally:
+            listener.close()
+        if errors or len(accepted) < expected:
+            for s in list(self.conns.values()) + list(accepted.values()):
+                s.close()
+            raise CollectiveError(f"collective group {self.name!r}: rank {self.rank} could not "
+                                  f"connect to all members: {errors[0] if errors else 'timeout'}")
+        self.conns.update(accepted)
+        for sock in self.conns.values():
+            sock.settimeout(self.timeout_s)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    # ---------------------------------------------------------------- transport
+    def _send_loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            if isinstance(job, _Marker):
+                job.event.set()
+                continue
+            sock, header, payload = job
+            try:
+                if self._send_error is None:
+                    sock.sendall(header)
+                    if payload is not None and len(payload):
+                        sock.sendall(payload)
+            except BaseException as e:
+                self._send_error = e
+
+    def _post(self, peer: int, kind: int, step: int, payload) -> None:
+        """Queue a message for the sender thread (``payload`` must not change
+        until ``_flush``)."""
+        data = None if payload is None else memoryview(payload).cast("B")
+        header = HEADER.pack(kind, step, 0 if data is None else len(data))
+        self._jobs.put((self.conns[peer], header, data))
+
+    def _flush(self) -> None:
+        """Wait until everything queued was sent."""
+        marker = threading.Event()
+        self._jobs.put(_Marker(marker))
+        if not marker.wait(self.timeout_s):
+            self._fail(f"timed out after {self.timeout_s:g} s sending")
+        if self._send_error is not None:
+            self._fail(f"sending failed: {self._send_error}")
+
+    def _recv(self, peer: int, kind: int, step: int, out) -> None:
+        sock = self.conns[peer]
+        view = memoryview(out).cast("B")
+        try:
+            header = _recv_exact(sock, HEADER.size)
+            k, s, n = HEADER.unpack(header)
+            if (k, s, n) != (kind, step, len(view)):
+                self._fail(f"rank {peer} sent {OP_NAMES.get(k, k)} step {s} ({n} bytes), rank "
+                           f"{self.rank} expected {OP_NAMES.get(kind, kind)} step {step} "
+                           f"({len(view)} bytes): members called different operations")
+            got = 0
+            while got < n:
+                r = sock.recv_into(view[got:], n - got)
+                if r == 0:
+                    raise ConnectionError("connection closed")
+                got += r
+        except socket.timeout:
+            self._fail(f"timed out after {self.timeout_s:g} s waiting for rank {peer}")
+        except (ConnectionError, OSError) as e:
+            self._fail(f"lost the connection to rank {peer}: it died or gave up on the group ({e})")
+
+    def _fail(self, why: str):
+        self.destroy()
+        raise CollectiveError(f"collective group {self.name!r}: {why}")
+
+    def _check(self) -> None:
+        if self.closed:
+            raise CollectiveError(f"collective group {self.name!r} was destroyed or failed")
+
+    def _scratch(self, dtype, n: int) -> np.ndarray:
+        need = n * np.dtype(dtype).itemsize
+        if self._tmp.nbytes < need:
+            self._tmp = np.empty(need, np.uint8)
+        return self._tmp[:need].view(dtype)
+
+    # ---------------------------------------------------------------- operations
+    def _reduce_scatter_ring(self, data: np.ndarray, bounds, op: ReduceOp, kind: int) -> None:
+        """After this, chunk (rank+1) % p of ``data`` holds the full reduction."""
+        p, r = self.world, self.rank
+        for step in range(p - 1):
+            send_c, recv_c = (r - step) % p, (r - step - 1) % p
+            s_lo, s_hi = bounds[send_c]
+            r_lo, r_hi = bounds[recv_c]
+            self._post(self.rank_right, kind, step, data[s_lo:s_hi])
+            tmp = self._scratch(data.dtype, r_hi - r_lo)
+            self._recv(self.rank_left, kind, step, tmp)
+            reduce_into(data[r_lo:r_hi], [tmp], op)
+
+    def _all_gather_ring(self, data: np.ndarray, bounds, kind: int, first: int) -> None:
+        """Pass complete chunks around: at the start each rank holds chunk
+        (rank + first) % p complete; at the end it holds all of them."""
+        p, r = self.world, self.rank
+        for step in range(p - 1):
+            send_c, recv_c = (r + first - step) % p, (r + first - step - 1) % p
+            s_lo, s_hi = bounds[send_c]
+            r_lo, r_hi = bounds[recv_c]
+            self._post(self.rank_right, kind, 1000 + step, data[s_lo:s_hi])
+            self._recv(self.rank_left, kind, 1000 + step, data[r_lo:r_hi])
+
+    @property
+    def rank_right(self) -> int:
+        return (self.rank + 1) % self.world
+
+    @property
+    def rank_left(self) -> int:
+        return (self.rank - 1) % self.world
+
+    def allreduce(self, a: np.ndarray, op: ReduceOp, kind: int = ALLREDUCE) -> None:
+        self._check()
+        check_mean(a, op)
+        if self.world == 1:
+            return
+        bounds = split_bounds(a.size, self.world, max(1, 64 // a.dtype.itemsize))
+        self._reduce_scatter_ring(a, bounds, op, kind)
+        self._flush()
+        mine = bounds[(self.rank + 1) % self.world]
+        if op is ReduceOp.MEAN:
+            finish_mean(a[mine[0]:mine[1]], self.world)
+        self._all_gather_ring(a, bounds, kind, 1)
+        self._flush()
+
+    def reduce(self, a: np.ndarray, root: int, op: ReduceOp) -> None:
+        keep = a if self.rank == root else a.copy()
+        self.allreduce(keep, op, REDUCE)
+
+    def broadcast(self, a: np.ndarray, root: int) -> None:
+        self._check()
+        if self.world == 1:
+            return
+        pos = (self.rank - root) % self.world        # place along the chain from the root
+        bounds = [(lo, hi) for lo, hi in split_bounds(a.size, max(1, -(-a.nbytes // SEGMENT)))]
+        for i, (lo, hi) in enumerate(bounds):
+            if pos > 0:
+                self._recv(self.rank_left, BROADCAST, i, a[lo:hi])
+            if pos < self.world - 1:
+                self._post(self.rank_right, BROADCAST, i, a[lo:hi])
+        self._flush()
+
+    def allgather(self, outs: list[np.ndarray], a: np.ndarray) -> None:
+        self._check()
+        n = a.size
+        data = np.empty(n * self.world, a.dtype)
+        data[self.rank * n:(self.rank + 1) * n] = a
+        bounds = [(r * n, (r + 1) * n) for r in range(self.world)]
+        self._all_gather_ring(data, bounds, ALLGATHER, 0)
+        self._flush()
+        for r, out in enumerate(outs):
+            np.copyto(out, data[r * n:(r + 1) * n])
+
+    def reducescatter(self, out: np.ndarray, ins: list[np.ndarray], op: ReduceOp) -> None:
+        self._check()
+        check_mean(out, op)
+        m = out.size
+        data = np.concatenate([x.reshape(-1) for x in ins]) if self.world > 1 else ins[0].copy()
+        bounds = [(r * m, (r + 1) * m) for r in range(self.world)]
+        # rotate so that rank r ends up holding chunk r: the ring leaves chunk
+        # (rank + 1) complete, so feed it chunk order shifted by one
+        shifted = np.concatenate([data[((r - 1) % self.world) * m:((r - 1) % self.world + 1) * m]
+                                  for r in range(self.world)])
+        self._reduce_scatter_ring(shifted, bounds, op, REDUCESCATTER)
+        self._flush()
+        c = (self.rank + 1) % self.world
+        np.copyto(out, shifted[c * m:(c + 1) * m])
+        if op is ReduceOp.MEAN:
+            finish_mean(out, self.world)
+
+    def alltoall(self, outs: list[np.ndarray], ins: list[np.ndarray]) -> None:
+        self._check()
+        np.copyto(outs[self.rank], ins[self.rank])
+        for step in range(1, self.world):
+            to, frm = (self.rank + step) % self.world, (self.rank - step) % self.world
+            self._post(to, ALLTOALL, step, ins[to])
+            self._recv(frm, ALLTOALL, step, outs[frm])
+        self._flush()
+
+    def barrier(self) -> None:
+        self.allreduce(np.zeros(self.world, np.uint8), ReduceOp.SUM, BARRIER)
+
+    def send(self, a: np.ndarray, dst: int) -> None:
+        self._check()
+        self._post(dst, P2P, 0, a)
+        self._flush()
+
+    def recv(self, a: np.ndarray, src: int) -> None:
+        self._check()
+        self._recv(src, P2P, 0, a)
+
+    def destroy(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._jobs.put(None)
+        for sock in self.conns.values():
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+
+class _Marker:
+    """Put on the send queue: set once everything before it was sent."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        r = sock.recv_into(view[got:], n - got)
+        if r == 0:
+            raise ConnectionError("connection closed")
+        got += r
+    return bytes(buf)
