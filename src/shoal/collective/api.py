@@ -22,8 +22,9 @@ def init_collective_group(world_size: int, rank: int, backend: str = "auto",
     """Join ``group_name`` as ``rank`` of ``world_size``; returns once every
     member has joined (or raises CollectiveError naming the missing ranks).
 
-    ``backend``: "auto" (shared memory when all members are on one machine,
-    else the TCP ring), "shm", "ring", "gloo" or "nccl" (torch.distributed).
+    ``backend``: "auto" (NCCL when every member has a GPU and torch with
+    CUDA; else shared memory when all members are on one machine, else the
+    TCP ring), "shm", "ring", "gloo" or "nccl" (torch.distributed).
     ``timeout_s`` bounds forming the group and every operation in it."""
     _check_group_args(world_size, rank, backend, group_name)
     if group_name in _groups:
@@ -34,7 +35,7 @@ def init_collective_group(world_size: int, rank: int, backend: str = "auto",
         raise ValueError(f"timeout_s must be positive, got {timeout_s}")
     ctx = shoal.get_runtime_context()
     host = _node_host(ctx.get_node_id())
-    info = dict(my_identity(), node_id=ctx.get_node_id(), host=host)
+    info = dict(my_identity(), node_id=ctx.get_node_id(), host=host, gpu=_has_cuda())
     listener = ctl = store = None
     try:
         if backend in ("auto", "ring"):
@@ -45,7 +46,7 @@ def init_collective_group(world_size: int, rank: int, backend: str = "auto",
             from .shm import create_ctl
             ctl = create_ctl(world_size)
             info["ctl_fd"] = ctl[0]
-        if backend in ("gloo", "nccl") and rank == 0:
+        if rank == 0 and (backend in ("gloo", "nccl") or (backend == "auto" and info["gpu"])):
             from .torch_group import open_store
             store = open_store(host, world_size, timeout_s)
             info["store_address"] = (host, store.port)
@@ -53,7 +54,12 @@ def init_collective_group(world_size: int, rank: int, backend: str = "auto",
         members = answer["members"]
         chosen = backend
         if backend == "auto":
-            chosen = "shm" if len({m["node_id"] for m in members}) == 1 else "ring"
+            if all(m["gpu"] for m in members):
+                chosen = "nccl"         # GPU tensors stay on the GPUs
+            elif len({m["node_id"] for m in members}) == 1:
+                chosen = "shm"
+            else:
+                chosen = "ring"
         if chosen == "shm":
             from .shm import ShmGroup
             group = ShmGroup(group_name, rank, world_size, members, timeout_s, ctl)
@@ -146,6 +152,19 @@ def _check_group_args(world_size, rank, backend, group_name) -> None:
                          f"{', '.join(BACKENDS)}")
     if not isinstance(group_name, str) or not group_name:
         raise ValueError(f"group_name must be a non-empty string, got {group_name!r}")
+
+
+def _has_cuda() -> bool:
+    """A GPU is assigned to this process and torch can use it (torch is
+    only imported when shoal gave this process a GPU)."""
+    if not shoal.get_gpu_ids():
+        return False
+    try:
+        import torch
+        import torch.distributed as dist
+    except ImportError:
+        return False
+    return torch.cuda.is_available() and dist.is_nccl_available()
 
 
 def _node_host(node_id: str) -> str:

@@ -16,7 +16,7 @@ import psutil
 from ..exceptions import CollectiveError
 
 LIVENESS_S = 0.1
-SPIN = 200
+SPIN = 20
 YIELD_S = 0.002
 
 
