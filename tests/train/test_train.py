@@ -1,0 +1,335 @@
+"""shoal.train end to end: the examples, worker failures and restarts,
+elastic resizing, checkpoints kept, and bad input."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+
+import numpy as np
+import pytest
+
+import shoal
+import shoal.collective as col
+import shoal.train
+from shoal.exceptions import ActorDiedError
+from shoal.train import (Checkpoint, CheckpointConfig, DataParallelTrainer, FailureConfig,
+                         RunConfig, ScalingConfig, TrainingFailedError)
+
+from ..conftest import wait_for
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "examples")
+
+
+def example(name: str):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(EXAMPLES, name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def trainer(loop, tmp_path, workers=2, max_failures=0, **kwargs):
+    return DataParallelTrainer(
+        loop, scaling_config=ScalingConfig(num_workers=workers),
+        run_config=RunConfig(name="run", storage_path=str(tmp_path),
+                             failure_config=FailureConfig(max_failures=max_failures),
+                             checkpoint_config=kwargs.pop("checkpoint_config", None)),
+        **kwargs)
+
+
+def save_step(step: int, d: str) -> Checkpoint:
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "step"), "w") as f:
+        f.write(str(step))
+    return Checkpoint.from_directory(d)
+
+
+def resume_step() -> int:
+    ckpt = shoal.train.get_checkpoint()
+    if ckpt is None:
+        return 0
+    with open(os.path.join(ckpt.path, "step")) as f:
+        return int(f.read()) + 1
+
+
+# ---------------------------------------------------------------- the examples
+@pytest.mark.heavy
+def test_ddp_on_two_workers_matches_one_worker(shoal_cluster, tmp_path):
+    torch = pytest.importorskip("torch")
+    mlp = example("train_mlp")
+    one = mlp.main(["--workers", "1", "--epochs", "5", "--samples", "2000",
+                    "--storage", str(tmp_path / "one")])
+    two = mlp.main(["--workers", "2", "--epochs", "5", "--samples", "2000",
+                    "--storage", str(tmp_path / "two")])
+    assert one > 0.9 and two > 0.9
+    assert abs(one - two) < 0.05
+    assert torch is not None
+
+
+@pytest.mark.heavy
+def test_a_worker_sigkilled_mid_run_finishes_from_the_checkpoint(shoal_cluster, tmp_path, capsys):
+    pytest.importorskip("torch")
+    mlp = example("train_mlp")
+    acc = mlp.main(["--workers", "2", "--epochs", "5", "--samples", "2000", "--die-at-epoch", "2",
+                    "--max-failures", "1", "--storage", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "failures=1" in out and "epochs=5" in out
+    assert acc > 0.9
+    assert sorted(os.listdir(tmp_path / "mlp"))[-1] == "checkpoint_000004"
+
+
+def test_framework_free_allreduce_matches_one_worker(shoal_cluster):
+    numpy_example = example("train_numpy")
+    two = numpy_example.main(["--workers", "2", "--steps", "20", "--samples", "1000"])
+    one = numpy_example.main(["--workers", "1", "--steps", "20", "--samples", "1000"])
+    np.testing.assert_allclose(two["weights"], one["weights"], rtol=1e-9, atol=1e-12)
+
+
+def test_mixture_of_experts_with_alltoall(shoal_cluster):
+    moe = example("moe_alltoall")
+    assert moe.main(["--experts", "3", "--tokens", "96"]) < 1e-4
+
+
+# ---------------------------------------------------------------- context, data, reports
+def test_context_ranks_and_dataset_shards(shoal_cluster, tmp_path):
+    def loop(config):
+        ctx = shoal.train.get_context()
+        shard = shoal.train.get_dataset_shard("train")
+        total = col.allreduce(np.array([float(len(shard))]))
+        shoal.train.report({"rank": ctx.get_world_rank(), "world": ctx.get_world_size(),
+                            "local": ctx.get_local_rank(), "local_world": ctx.get_local_world_size(),
+                            "node_rank": ctx.get_node_rank(), "rows": [int(x) for x in shard],
+                            "total": float(total[0]), "lr": config["lr"]})
+
+    result = trainer(loop, tmp_path, train_loop_config={"lr": 0.5},
+                     datasets={"train": np.arange(11)}).fit()
+    m = result.metrics
+    assert (m["rank"], m["world"], m["local"], m["local_world"], m["node_rank"]) == (0, 2, 0, 2, 0)
+    assert m["total"] == 11.0 and m["rows"] == list(range(m["rows"][0], m["rows"][0] + len(m["rows"])))
+    assert m["lr"] == 0.5 and m["training_iteration"] == 1
+    assert result.checkpoint is None and result.error is None and result.world_sizes == [2]
+
+
+def test_checkpoints_of_all_workers_merge_and_the_best_are_kept(shoal_cluster, tmp_path):
+    scores = [0.5, 0.9, 0.1, 0.7, 0.3]
+
+    def loop():
+        rank = shoal.train.get_context().get_world_rank()
+        for i, score in enumerate(scores):
+            d = os.path.join(str(tmp_path), f"w{rank}-{i}")
+            os.makedirs(d)
+            with open(os.path.join(d, f"rank{rank}"), "w") as f:
+                f.write(str(i))
+            shoal.train.report({"score": score, "i": i}, checkpoint=Checkpoint.from_directory(d))
+
+    result = trainer(loop, tmp_path, checkpoint_config=CheckpointConfig(
+        num_to_keep=2, checkpoint_score_attribute="score")).fit()
+    kept = sorted(n for n in os.listdir(tmp_path / "run") if n.startswith("checkpoint_"))
+    assert kept == ["checkpoint_000001", "checkpoint_000003", "checkpoint_000004"]  # best 2 + latest
+    assert result.checkpoint.path.endswith("checkpoint_000004")
+    assert sorted(os.listdir(result.checkpoint.path)) == [".metrics.json", "rank0", "rank1"]
+    assert [m["score"] for _, m in result.best_checkpoints][:2] == [0.9, 0.7]
+    out = result.checkpoint.to_directory(str(tmp_path / "copy"))
+    assert open(os.path.join(out, "rank1")).read() == "4"
+
+
+def test_resume_from_checkpoint(shoal_cluster, tmp_path):
+    d = tmp_path / "start"
+    d.mkdir()
+    save_step(6, str(d))
+
+    def loop():
+        start = resume_step()
+        for step in range(start, 9):
+            shoal.train.report({"step": step})
+
+    result = trainer(loop, tmp_path, workers=1,
+                     resume_from_checkpoint=Checkpoint.from_directory(str(d))).fit()
+    assert [m["step"] for m in result.metrics_history] == [7, 8]
+
+
+# ---------------------------------------------------------------- failures
+@shoal.remote(num_cpus=0)
+class Box:
+    """Where tests and workers meet: pids to kill, and flags."""
+
+    def __init__(self):
+        self.pids, self.flags = {}, set()
+
+    def put_pid(self, rank, attempt, pid):
+        self.pids[(rank, attempt)] = pid
+
+    def pid(self, rank, attempt):
+        return self.pids.get((rank, attempt))
+
+    def flag(self, name):
+        self.flags.add(name)
+
+    def has(self, name):
+        return name in self.flags
+
+
+def test_a_killed_worker_restarts_the_group_from_the_latest_checkpoint(shoal_cluster, tmp_path):
+    box = Box.remote()
+
+    def loop():
+        ctx = shoal.train.get_context()
+        shoal.get(box.put_pid.remote(ctx.get_world_rank(), ctx.get_attempt(), os.getpid()))
+        for step in range(resume_step(), 8):
+            x = col.allreduce(np.ones(2))
+            ckpt = None
+            if ctx.get_world_rank() == 0:
+                ckpt = save_step(step, os.path.join(str(tmp_path), f"a{ctx.get_attempt()}-{step}"))
+            shoal.train.report({"step": step, "sum": float(x[0]),
+                                "attempt": ctx.get_attempt()}, checkpoint=ckpt)
+            if step == 3 and ctx.get_attempt() == 0 and ctx.get_world_rank() == 1:
+                shoal.get(box.flag.remote("at3"))
+                wait_for(lambda: False, timeout=60, what="being killed")
+
+    t = trainer(loop, tmp_path, max_failures=2)
+    import threading
+    killer_done = threading.Event()
+
+    def killer():
+        wait_for(lambda: shoal.get(box.has.remote("at3")), timeout=60, what="step 3")
+        os.kill(shoal.get(box.pid.remote(1, 0)), signal.SIGKILL)
+        killer_done.set()
+
+    threading.Thread(target=killer, daemon=True).start()
+    result = t.fit()
+    assert killer_done.is_set()
+    assert result.num_failures == 1 and result.world_sizes == [2, 2]
+    steps = [m["step"] for m in result.metrics_history]
+    assert steps == list(range(8))            # nothing repeated, nothing lost
+    assert result.metrics["attempt"] == 1 and result.metrics["sum"] == 2.0
+
+
+def test_out_of_failures_raises_with_the_dead_worker_and_the_result(shoal_cluster, tmp_path):
+    def loop():
+        ctx = shoal.train.get_context()
+        d = os.path.join(str(tmp_path), f"c{ctx.get_world_rank()}")
+        os.makedirs(d, exist_ok=True)
+        shoal.train.report({"step": 0}, checkpoint=save_step(0, d))
+        col.barrier()
+        if ctx.get_world_rank() == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        col.allreduce(np.ones(4))
+
+    with pytest.raises(TrainingFailedError) as info:
+        trainer(loop, tmp_path).fit()
+    result = info.value.result
+    assert isinstance(result.error, ActorDiedError), result.error
+    assert result.checkpoint is not None and result.checkpoint.path.endswith("checkpoint_000000")
+    assert "max_failures=0" in str(info.value)
+
+
+def test_an_exception_in_the_loop_is_retried_then_raised(shoal_cluster, tmp_path):
+    def loop():
+        if shoal.train.get_context().get_world_rank() == 0:
+            raise ValueError("bad batch 17")
+        col.barrier()
+
+    with pytest.raises(TrainingFailedError, match="bad batch 17") as info:
+        trainer(loop, tmp_path, max_failures=1).fit()
+    assert info.value.result.num_failures == 2
+    assert isinstance(info.value.result.error, ValueError)
+
+
+# ---------------------------------------------------------------- elastic
+@shoal.remote(num_cpus=1)
+class Hog:
+    def ready(self):
+        return True
+
+
+def elastic_loop(box, tmp):
+    """30 steps; with one worker it stops at step 5 until the trainer
+    replaces it with a bigger group (or the test times out)."""
+    def loop():
+        ctx = shoal.train.get_context()
+        for step in range(resume_step(), 30):
+            x = col.allreduce(np.ones(1))
+            d = os.path.join(tmp, f"{ctx.get_attempt()}-{step}")
+            shoal.train.report({"step": step, "world": ctx.get_world_size(), "sum": float(x[0])},
+                               checkpoint=save_step(step, d) if ctx.get_world_rank() == 0 else None)
+            if step == 5 and ctx.get_world_size() == 1:
+                shoal.get(box.flag.remote("step5-world1"))
+                wait_for(lambda: False, timeout=60, what="a bigger group to replace this one")
+    return loop
+
+
+@pytest.mark.heavy
+def test_elastic_starts_small_and_grows_when_resources_return(shoal_cluster, tmp_path):
+    hog = Hog.remote()
+    shoal.get(hog.ready.remote())            # 1 of the 2 CPUs is taken
+    box = Box.remote()
+    import threading
+
+    def release():
+        wait_for(lambda: shoal.get(box.has.remote("step5-world1")), timeout=60, what="step 5")
+        shoal.kill(hog)
+
+    threading.Thread(target=release, daemon=True).start()
+    result = DataParallelTrainer(
+        elastic_loop(box, str(tmp_path)), scaling_config=ScalingConfig(num_workers=(1, 2)),
+        run_config=RunConfig(name="el", storage_path=str(tmp_path))).fit()
+    assert result.world_sizes == [1, 2] and result.num_failures == 0
+    worlds = [m["world"] for m in result.metrics_history]
+    assert worlds[0] == 1 and worlds[-1] == 2
+    assert [m["step"] for m in result.metrics_history] == list(range(30))
+    assert result.metrics["sum"] == 2.0
+
+
+# ---------------------------------------------------------------- bad input
+def test_bad_configs_are_refused_with_the_reason():
+    for bad, match in [(0, "positive"), ((3, 1), "min <= max"), ((0, 2), "min <= max"),
+                       ("2", "positive")]:
+        with pytest.raises(ValueError, match=match):
+            ScalingConfig(num_workers=bad)
+    with pytest.raises(ValueError, match="non-negative"):
+        ScalingConfig(resources_per_worker={"CPU": -1})
+    with pytest.raises(ValueError, match="max_failures"):
+        FailureConfig(max_failures=-2)
+    with pytest.raises(ValueError, match="num_to_keep"):
+        CheckpointConfig(num_to_keep=0)
+    with pytest.raises(TypeError, match="callable"):
+        DataParallelTrainer("not a function")
+    with pytest.raises(ValueError, match="not a directory"):
+        Checkpoint.from_directory("/nonexistent/dir")
+    with pytest.raises(RuntimeError, match="only work inside"):
+        shoal.train.report({"x": 1})
+    with pytest.raises(RuntimeError, match="only work inside"):
+        shoal.train.get_context()
+
+
+def test_bad_calls_inside_the_loop_fail_the_run_clearly(shoal_cluster, tmp_path):
+    def loop():
+        shoal.train.report("accuracy 0.9")
+
+    with pytest.raises(TrainingFailedError, match="takes a dict"):
+        trainer(loop, tmp_path, workers=1).fit()
+
+    def loop2():
+        shoal.train.get_dataset_shard("valid")
+
+    with pytest.raises(TrainingFailedError, match="no dataset 'valid'"):
+        trainer(loop2, tmp_path, workers=1, datasets={"train": [1, 2]}).fit()
+
+
+def test_nothing_is_left_after_fit(shoal_cluster, tmp_path):
+    def loop():
+        col.barrier()
+        shoal.train.report({"ok": 1})
+
+    trainer(loop, tmp_path).fit()
+    wait_for(lambda: not _named_actors_left(), timeout=20, what="rendezvous actors to exit")
+    wait_for(lambda: shoal.available_resources().get("CPU") == 2.0, timeout=20,
+             what="the workers' CPUs to come back")
+
+
+def _named_actors_left() -> bool:
+    try:
+        shoal.get_actor("shoal.collective:default")
+        return True
+    except ValueError:
+        return False
