@@ -280,6 +280,41 @@ def test_elastic_starts_small_and_grows_when_resources_return(shoal_cluster, tmp
     assert result.metrics["sum"] == 2.0
 
 
+@pytest.mark.heavy
+def test_elastic_goes_on_with_fewer_workers_when_one_is_lost(shoal_cluster, tmp_path):
+    box = Box.remote()
+    tmp = str(tmp_path)
+
+    def loop():
+        ctx = shoal.train.get_context()
+        for step in range(resume_step(), 12):
+            x = col.allreduce(np.ones(1))
+            d = os.path.join(tmp, f"{ctx.get_attempt()}-{step}")
+            shoal.train.report({"step": step, "world": ctx.get_world_size(), "sum": float(x[0])},
+                               checkpoint=save_step(step, d) if ctx.get_world_rank() == 0 else None)
+            if step == 4 and ctx.get_attempt() == 0 and ctx.get_world_rank() == 1:
+                shoal.get(box.put_pid.remote(1, 0, os.getpid()))
+                wait_for(lambda: False, timeout=60, what="being killed")
+
+    import threading
+
+    def lose_a_worker():
+        pid = wait_for(lambda: shoal.get(box.pid.remote(1, 0)), timeout=60, what="step 4")
+        hog = Hog.remote()                 # waits for a CPU, and takes the first one freed
+        os.kill(pid, signal.SIGKILL)
+        box.flag.remote(hog)
+
+    threading.Thread(target=lose_a_worker, daemon=True).start()
+    result = DataParallelTrainer(
+        loop, scaling_config=ScalingConfig(num_workers=(1, 2)),
+        run_config=RunConfig(name="shrink", storage_path=tmp,
+                             failure_config=FailureConfig(max_failures=1))).fit()
+    assert result.world_sizes == [2, 1] and result.num_failures == 1
+    assert [m["step"] for m in result.metrics_history] == list(range(12))
+    assert [m["world"] for m in result.metrics_history][-1] == 1
+    assert result.metrics["sum"] == 1.0
+
+
 # ---------------------------------------------------------------- bad input
 def test_bad_configs_are_refused_with_the_reason():
     for bad, match in [(0, "positive"), ((3, 1), "min <= max"), ((0, 2), "min <= max"),
