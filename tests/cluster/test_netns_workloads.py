@@ -574,3 +574,59 @@ def alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+# ------------------------------------------------------- collectives, training
+COLLECTIVE = '''
+import shoal.collective as col
+from shoal.train import DataParallelTrainer, RunConfig, ScalingConfig
+wait_linked(["a", "b"])
+
+@shoal.remote(num_cpus=0)
+class Member:
+    def join(self, rank):
+        col.init_collective_group(2, rank, group_name="g", timeout_s=60)
+        return col.get_backend("g"), machine()
+    def allreduce(self, rank, n):
+        x = np.full(n, rank + 1.0)
+        col.allreduce(x, group_name="g")
+        parts = col.allgather(None, np.array([rank]), group_name="g")
+        return float(x.min()), float(x.max()), [int(p[0]) for p in parts]
+
+members = [Member.options(resources={"at_a": 0.01}).remote(),
+           Member.options(resources={"at_b": 0.01}).remote()]
+joined = shoal.get([m.join.remote(r) for r, m in enumerate(members)], timeout=90)
+sums = shoal.get([m.allreduce.remote(r, ARGS["n"]) for r, m in enumerate(members)], timeout=90)
+
+def loop():
+    ctx = shoal.train.get_context()
+    g = col.allreduce(np.full(1000, float(ctx.get_world_rank() + 1)))
+    shoal.train.report({"sum": float(g[0]), "machine": machine(),
+                        "world": ctx.get_world_size()})
+
+import shoal.train
+result = DataParallelTrainer(
+    loop, scaling_config=ScalingConfig(num_workers=2, placement_strategy="STRICT_SPREAD"),
+    run_config=RunConfig(name="spread", storage_path=OUT)).fit()
+emit("result", {"joined": joined, "sums": sums, "train": result.metrics,
+                "ckpt": result.checkpoint is None})
+'''
+
+
+@pytest.mark.timeout(150)
+def test_collective_and_training_across_two_machines(make_cluster):
+    """Members on machines a and b form a group over the TCP ring (each
+    listening on its own machine's address); 4 MB allreduce and allgather
+    are right; a DataParallelTrainer spread over both machines trains with
+    its collective group across them."""
+    c = make_cluster(["a", "b"])
+    c.start_head("a", num_cpus=2).add_node("b", num_cpus=2)
+    c.wait_alive()
+    d = c.driver("a", COLLECTIVE, n=500_000)
+    r = d.result("result", timeout=140)
+    d.finish()
+    (backend_a, ip_a), (backend_b, ip_b) = r["joined"]
+    assert backend_a == backend_b == "ring"
+    assert ip_a != ip_b
+    assert r["sums"] == [[3.0, 3.0, [0, 1]]] * 2
+    assert r["train"]["sum"] == 3.0 and r["train"]["world"] == 2
