@@ -155,12 +155,7 @@ class RingGroup:
                 self._fail(f"rank {peer} sent {OP_NAMES.get(k, k)} step {s} ({n} bytes), rank "
                            f"{self.rank} expected {OP_NAMES.get(kind, kind)} step {step} "
                            f"({len(view)} bytes): members called different operations")
-            got = 0
-            while got < n:
-                r = sock.recv_into(view[got:], n - got)
-                if r == 0:
-                    raise ConnectionError("connection closed")
-                got += r
+            _recv_into(sock, view)
         except socket.timeout:
             self._fail(f"timed out after {self.timeout_s:g} s waiting for rank {peer}")
         except (ConnectionError, OSError) as e:
@@ -312,13 +307,16 @@ class _Marker:
         self.event = event
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
+def _recv_into(sock: socket.socket, view: memoryview) -> None:
+    got, n = 0, len(view)
     while got < n:
         r = sock.recv_into(view[got:], n - got)
         if r == 0:
             raise ConnectionError("connection closed")
         got += r
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    _recv_into(sock, memoryview(buf))
     return bytes(buf)

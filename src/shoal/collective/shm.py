@@ -218,14 +218,21 @@ class ShmGroup:
 
     # ---------------------------------------------------------------- operations
     def allreduce(self, a: np.ndarray, op: ReduceOp) -> None:
+        self._reduce(ALLREDUCE, a, None, op)
+
+    def reduce(self, a: np.ndarray, root: int, op: ReduceOp) -> None:
+        self._reduce(REDUCE, a, root, op)
+
+    def _reduce(self, kind: int, a: np.ndarray, root: int | None, op: ReduceOp) -> None:
+        """allreduce (root None: every rank gets the result) or reduce."""
         check_mean(a, op)
         n, dt = a.size, a.dtype
-        self._begin(ALLREDUCE, dt, a.nbytes, a.nbytes, OP_CODES[op])
+        self._begin(kind, dt, a.nbytes, a.nbytes, OP_CODES[op], root or 0)
         np.copyto(self._my_slot(dt, n), a)
-        self._phase("waiting for allreduce inputs")
+        self._phase(f"waiting for {OP_NAMES[kind]} inputs")
         self._check_same()
         slots = [self._slot_of(r, dt, n) for r in range(self.world)]
-        if a.nbytes <= SMALL:
+        if root is None and a.nbytes <= SMALL:
             np.copyto(a, slots[0])
             reduce_into(a, slots[1:], op)
             if op is ReduceOp.MEAN:
@@ -239,26 +246,7 @@ class ShmGroup:
         if op is ReduceOp.MEAN:
             finish_mean(mine, self.world)
         self._phase("waiting for the reduced parts")
-        for r, (lo, hi) in enumerate(bounds):
-            np.copyto(a[lo:hi], slots[r][lo:hi])
-        self._end()
-
-    def reduce(self, a: np.ndarray, root: int, op: ReduceOp) -> None:
-        check_mean(a, op)
-        n, dt = a.size, a.dtype
-        self._begin(REDUCE, dt, a.nbytes, a.nbytes, OP_CODES[op], root)
-        np.copyto(self._my_slot(dt, n), a)
-        self._phase("waiting for reduce inputs")
-        self._check_same()
-        slots = [self._slot_of(r, dt, n) for r in range(self.world)]
-        bounds = split_bounds(n, self.world, max(1, 64 // dt.itemsize))
-        lo, hi = bounds[self.rank]
-        mine = slots[self.rank][lo:hi]
-        reduce_into(mine, [slots[r][lo:hi] for r in range(self.world) if r != self.rank], op)
-        if op is ReduceOp.MEAN:
-            finish_mean(mine, self.world)
-        self._phase("waiting for the reduced parts")
-        if self.rank == root:
+        if root is None or self.rank == root:
             for r, (lo, hi) in enumerate(bounds):
                 np.copyto(a[lo:hi], slots[r][lo:hi])
         self._end()
