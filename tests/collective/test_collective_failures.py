@@ -129,9 +129,6 @@ def test_members_calling_different_operations_all_fail_on_shm(shoal_cluster, cas
         assert ("64 bytes" in message) == (case == "size")
 
 
-@bug("shm.py _describe looks the dtype up with np.sctypeDict.get(dtype.num, np.uint8); "
-     "numpy 2 has no number keys there, so every dtype is reported as uint8",
-     raises=AssertionError)
 def test_a_dtype_mismatch_on_shm_names_both_dtypes(shoal_cluster):
     g = new_group("shm", 2)
     refs = [m.run.remote(mismatched, r, g.name, "dtype") for r, m in enumerate(g.members)]
@@ -140,9 +137,7 @@ def test_a_dtype_mismatch_on_shm_names_both_dtypes(shoal_cluster):
         assert "float64" in message and "int64" in message
 
 
-@pytest.mark.parametrize("case", ["operation", "size", pytest.param("dtype", marks=bug(
-    "ring.py: a message's header carries (kind, step, bytes) and no dtype, so members that "
-    "pass float64 and int64 arrays of one size mix their bits with no error (shm says so)"))])
+@pytest.mark.parametrize("case", ["operation", "size", "dtype"])
 def test_members_calling_different_operations_all_fail_on_the_ring(shoal_cluster, case):
     g = new_group("ring", 2)
     refs = [m.run.remote(mismatched, r, g.name, case) for r, m in enumerate(g.members)]
@@ -275,12 +270,7 @@ def mean_of_ints(rank, name):
     return None, None, a
 
 
-@pytest.mark.parametrize("backend", [
-    "shm", "ring",
-    pytest.param("gloo", marks=bug(
-        "api.py/torch_group.py: the torch backends skip check_mean; torch sums the int "
-        "tensor in place, then TorchGroup._mean's t.div_(world) raises torch's RuntimeError "
-        "(\"result type Float can't be cast to ... Long\")", raises=AssertionError))])
+@pytest.mark.parametrize("backend", ["shm", "ring", "gloo"])
 def test_mean_of_an_int_array_is_refused_and_leaves_it_unchanged(shoal_cluster, backend):
     g = new_group(backend, 2, timeout_s=10)
     for kind, message, after in g.run(mean_of_ints):
@@ -328,10 +318,6 @@ def join_signalling_rendezvous(rank, name, marks):
         rendezvous.rendezvous_actor = find
 
 
-@bug("node/actors.py _svc_register_name: a name registered by a creation not yet "
-     "submitted (self.actors has no record of it) is taken over by a second get_if_exists "
-     "creation, so two members that create the rendezvous at once get two actors and both "
-     "time out ('did not join')", raises=CollectiveError)
 def test_members_joining_at_once_meet_at_one_rendezvous(shoal_cluster, tmp_path):
     a, b = Member.remote(), Member.remote()
     first = a.run.remote(join_creating_slowly, 0, "g", str(tmp_path))
@@ -367,10 +353,6 @@ def allreduce_then_destroy(rank, name, marks):
     return result
 
 
-@bug("shm.py ShmGroup.destroy closes this member's slot memfd as soon as its own "
-     "operation is done; a member that has not mapped that slot yet fails with 'cannot open "
-     "shared memory of member pid N' (or, the fd number reused, maps another file)",
-     raises=CollectiveError)
 def test_a_member_destroying_right_after_an_allreduce_lets_the_others_finish_it(
         shoal_cluster, tmp_path):
     g = new_group("shm", 2)

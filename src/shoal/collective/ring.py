@@ -133,6 +133,7 @@ class RingGroup:
         """Queue a message for the sender thread (``payload`` must not change
         until ``_flush``)."""
         data = None if payload is None else memoryview(payload).cast("B")
+        kind |= _dtype_tag(payload)
         header = HEADER.pack(kind, step, 0 if data is None else len(data))
         self._jobs.put((self.conns[peer], header, data))
 
@@ -148,13 +149,14 @@ class RingGroup:
     def _recv(self, peer: int, kind: int, step: int, out) -> None:
         sock = self.conns[peer]
         view = memoryview(out).cast("B")
+        kind |= _dtype_tag(out)
         try:
             header = _recv_exact(sock, HEADER.size)
             k, s, n = HEADER.unpack(header)
             if (k, s, n) != (kind, step, len(view)):
-                self._fail(f"rank {peer} sent {OP_NAMES.get(k, k)} step {s} ({n} bytes), rank "
-                           f"{self.rank} expected {OP_NAMES.get(kind, kind)} step {step} "
-                           f"({len(view)} bytes): members called different operations")
+                self._fail(f"rank {peer} sent {_describe(k)} ({n} bytes), rank {self.rank} "
+                           f"expected {_describe(kind)} ({len(view)} bytes): members called "
+                           f"different operations")
             _recv_into(sock, view)
         except socket.timeout:
             self._fail(f"timed out after {self.timeout_s:g} s waiting for rank {peer}")
@@ -305,6 +307,17 @@ class _Marker:
 
     def __init__(self, event: threading.Event):
         self.event = event
+
+
+def _dtype_tag(a) -> int:
+    return 0 if a is None else np.dtype(a.dtype).num << 16
+
+
+def _describe(kind: int) -> str:
+    from .shm import _DTYPES
+    name = "send/recv" if (kind & 0xFFFF) == P2P else OP_NAMES.get(kind & 0xFFFF, kind & 0xFFFF)
+    dtype = kind >> 16
+    return f"{name} of {_DTYPES.get(dtype, '?')}" if dtype else str(name)
 
 
 def _recv_into(sock: socket.socket, view: memoryview) -> None:

@@ -76,12 +76,16 @@ def _describe(code: int, nbytes: int) -> str:
     name = OP_NAMES.get(kind, f"op {kind}")
     parts = [f"{nbytes} bytes"]
     if kind not in (BARRIER,):
-        parts.insert(0, str(np.dtype(np.sctypeDict.get(dtype, np.uint8))) if dtype else "?")
+        parts.insert(0, str(_DTYPES.get(dtype, f"dtype #{dtype}")))
     if kind in (ALLREDUCE, REDUCE, REDUCESCATTER):
         parts.insert(0, list(ReduceOp)[red].name)
     if kind in (REDUCE, BROADCAST):
         parts.append(f"root {root}")
     return f"{name}({', '.join(parts)})"
+
+
+_DTYPES = {np.dtype(t).num: np.dtype(t) for t in set(np.sctypeDict.values())
+           if np.dtype(t).kind in "biufc"}
 
 
 def _dtype_num(dtype: np.dtype) -> int:
@@ -337,6 +341,15 @@ class ShmGroup:
     def destroy(self) -> None:
         if self.closed:
             return
+        # let slower members finish reading my slot for the last operation
+        # (bounded: a member that died or gave up does not hold this up)
+        steps, target = self.ctl[:, STEP], self.step
+        try:
+            wait_until(lambda: steps.min() >= target, group=self.name, what="leaving",
+                       members=self.others, timeout_s=min(self.timeout_s, 10.0),
+                       failed=self._failed)
+        except CollectiveError:
+            pass
         self._abort(DESTROYED)
         self.closed = True
         self.slot.close()

@@ -77,12 +77,18 @@ class TorchGroup:
             raise CollectiveError(f"collective group {self.name!r}: {what} failed in torch "
                                   f"{self.backend}: {e}") from None
 
+    def _check_mean(self, t, op: ReduceOp) -> None:
+        if op is ReduceOp.MEAN and not (t.is_floating_point() or t.is_complex()):
+            raise TypeError(f"ReduceOp.MEAN needs a floating-point tensor, got "
+                            f"{str(t.dtype).replace('torch.', '')}")
+
     def _mean(self, t, op: ReduceOp) -> None:
         if op is ReduceOp.MEAN:
             t.div_(self.world)
 
     def allreduce(self, t, op: ReduceOp) -> None:
         import torch.distributed as dist
+        self._check_mean(t, op)
         o = dist.AllreduceOptions()
         o.reduceOp = torch_reduce_op(op)
         self._run("allreduce", lambda: self.pg.allreduce([t], o))
@@ -90,6 +96,7 @@ class TorchGroup:
 
     def reduce(self, t, root: int, op: ReduceOp) -> None:
         import torch.distributed as dist
+        self._check_mean(t, op)
         o = dist.ReduceOptions()
         o.reduceOp, o.rootRank = torch_reduce_op(op), root
         if self.rank != root:
@@ -109,6 +116,7 @@ class TorchGroup:
 
     def reducescatter(self, out, ins: list, op: ReduceOp) -> None:
         import torch.distributed as dist
+        self._check_mean(out, op)
         o = dist.ReduceScatterOptions()
         o.reduceOp = torch_reduce_op(op)
         self._run("reducescatter", lambda: self.pg.reduce_scatter([out], [ins], o))

@@ -101,12 +101,18 @@ class NodeActors:
         existing = self.named.get(key)
         if existing is not None:
             actor = self.actors.get(existing)
-            if actor is not None and actor.state != DEAD:
+            registering = actor is None and existing in self.names_registering
+            if registering or (actor is not None and actor.state != DEAD):
+                # (a creation that registered its name but is not submitted
+                # yet counts: two racing get_if_exists get one actor)
                 if get_if_exists:
-                    reply(True, (existing, actor.spec.options.get("handle_meta"), None))
+                    known = self.names_registering[existing] if registering else \
+                        actor.spec.options.get("handle_meta")
+                    reply(True, (existing, known, None))
                     return
                 raise _name_taken(name, namespace)
         self.named[key] = actor_id
+        self.names_registering[actor_id] = meta
         if getattr(self, "head", None) is not None:     # a cluster: the head's directory decides
             self._register_name_in_cluster(client, reply, name, namespace, actor_id,
                                            get_if_exists, meta)

@@ -93,6 +93,8 @@ class Node(NodeScheduling, NodeWorkerPool, NodeServices, NodeActors, NodePlaceme
         self.actors: dict[bytes, ActorRecord] = {}
         self.pending_actors: deque = deque()
         self.named: dict[tuple, bytes] = {}
+        self.names_registering: dict[bytes, dict] = {}     # named actor id -> handle meta, until submitted
+        self.calls_before_creation: dict[bytes, list] = {}  # calls to those, until submitted
         self.placement_groups: dict = {}          # pg_id -> PlacementGroupRecord
         self.pg_names: dict[tuple, bytes] = {}    # (namespace, name) -> pg_id
         self.pending_pgs: list = []

@@ -41,6 +41,7 @@ class NodeRemoteActors:
         if link is None:
             return None
         actor = self.actors[actor_id] = ActorRecord.proxy(actor_id, link)
+        self.names_registering.pop(actor_id, None)
         return actor
 
     # ------------------------------------------------ named actors (the head)

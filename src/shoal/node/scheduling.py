@@ -64,6 +64,12 @@ class NodeScheduling:
             if (actor is None or (actor.borrowed and actor.state == DEAD)) and self.peers:
                 actor = self._borrowed_actor(spec.actor_id) or actor
             objects.pin(object_id_for(spec.actor_id, 1))
+            if actor is None and spec.actor_id in self.names_registering:
+                # a named actor whose creator has its handle but has not
+                # submitted it yet (get_if_exists raced): queue for it
+                self._wait_deps(rec)
+                self.calls_before_creation.setdefault(spec.actor_id, []).append(rec)
+                return
             if actor is None or actor.state == DEAD:
                 self._finish(rec, self._error_value(ActorDiedError(
                     actor.death_message() if actor else "The actor does not exist.",
@@ -85,6 +91,8 @@ class NodeScheduling:
             actor = ActorRecord(spec, request)
             actor.placement = rec.placement
             self.actors[spec.task_id] = actor
+            self.names_registering.pop(spec.task_id, None)
+            actor.queue.extend(self.calls_before_creation.pop(spec.task_id, ()))
             if actor.detached:
                 objects.pin(actor.handle_id)
         if rec.route == HERE and not self.runs_tasks:
