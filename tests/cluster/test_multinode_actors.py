@@ -288,6 +288,38 @@ shoal.shutdown()
 '''
 
 
+@shoal.remote(num_cpus=0)
+class Racer:
+    """Creates named Counters with get_if_exists at the same moment as a
+    Racer on another node (both wait for one ``go`` file first)."""
+
+    def race(self, names, go):
+        assert wait_for_file(go)
+        counts = []
+        for name in names:
+            c = Counter.options(name=name, namespace="race", get_if_exists=True).remote()
+            counts.append(shoal.get(c.inc.remote(), timeout=60))
+        return counts
+
+
+@pytest.mark.timeout(90)
+def test_get_if_exists_racing_on_two_nodes_makes_one_actor(cluster, driver, tmp_path):
+    """Two processes on different nodes create the same named actors with
+    get_if_exists at once: each name gets one actor that both use (the loser
+    of the head's directory borrows the winner's, even before the winner
+    has submitted the creation)."""
+    cluster.add("b")
+    driver()
+    cluster.wait_linked()
+    racers = [Racer.options(**on("head")).remote(), Racer.options(**on("b")).remote()]
+    names = [f"n{i}" for i in range(20)]
+    go = str(tmp_path / "go")
+    refs = [r.race.remote(names, go) for r in racers]
+    touch(go)
+    counts = shoal.get(refs, timeout=80)
+    assert [sorted(pair) for pair in zip(*counts)] == [[1, 2]] * len(names), counts
+
+
 @pytest.mark.heavy
 @pytest.mark.timeout(90)
 def test_a_named_actor_on_another_node_is_found_by_every_driver(cluster, driver, spawn,

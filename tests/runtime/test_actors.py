@@ -19,7 +19,8 @@ import psutil
 import pytest
 
 import shoal
-from shoal.exceptions import (ActorDiedError, ActorError, InfeasibleTaskError, TaskError)
+from shoal.exceptions import (ActorDiedError, ActorError, InfeasibleTaskError, TaskError,
+                              WorkerCrashedError)
 
 try:
     from conftest import wait_for
@@ -548,6 +549,42 @@ def test_get_if_exists_creates_the_actor_when_missing(shoal_cluster):
     c = Counter.options(name="made-on-demand", get_if_exists=True).remote(9)
     assert get(c.read.remote()) == 9
     assert shoal.get_actor("made-on-demand") == c
+
+
+@shoal.remote(max_retries=0)
+def claim_name_then_die(name, registered, die):
+    """What ActorClass.remote does before it submits a named creation (claim
+    the name), then die before submitting it."""
+    from shoal.core import get_core
+    from shoal.scheduler.task import new_task_id
+    from tests.conftest import touch, wait_for_file
+    core = get_core()
+    meta = {"class_name": "Counter", "methods": Counter._methods, "max_task_retries": 0}
+    assert core.request("register_name", name, core.namespace, new_task_id(), True,
+                        meta) is None
+    touch(registered)
+    wait_for_file(die)
+    os._exit(1)
+
+
+def test_a_name_claimed_by_a_process_that_dies_before_creating_is_freed(shoal_cluster,
+                                                                        tmp_path):
+    """get_if_exists during the claim gets the promised actor; when the
+    claimer dies first, calls through that handle fail with ActorDiedError
+    saying so, and the name can be used again."""
+    from tests.conftest import touch, wait_for
+    registered, die = str(tmp_path / "registered"), str(tmp_path / "die")
+    ref = claim_name_then_die.remote("promised", registered, die)
+    wait_for(lambda: os.path.exists(registered), timeout=30, what="the name claimed")
+    promised = Counter.options(name="promised", get_if_exists=True).remote(0)
+    call = promised.increment.remote()
+    touch(die)
+    with pytest.raises(WorkerCrashedError):
+        get(ref)
+    with pytest.raises(ActorDiedError, match="died before it submitted the creation"):
+        get(call)
+    fresh = Counter.options(name="promised", get_if_exists=True).remote(40)
+    assert get(fresh.increment.remote()) == 41
 
 
 def test_killed_named_actor_frees_its_name(shoal_cluster):

@@ -14,7 +14,7 @@ import pytest
 import shoal
 from shoal.exceptions import (SerializationError, TaskCancelledError, TaskError,
                               WorkerCrashedError)
-from tests.conftest import wait_for
+from tests.conftest import touch, wait_for, wait_for_file
 
 
 class CustomError(ValueError):
@@ -35,6 +35,37 @@ def test_user_exception_keeps_its_class_and_remote_traceback(shoal_cluster):
     assert "Traceback" in err.traceback_str
     assert "shoal/worker" not in err.traceback_str   # the user's frames only
     assert isinstance(err.cause, CustomError)
+
+
+@shoal.remote
+def held(gate):
+    return wait_for_file(gate)
+
+
+def test_get_of_several_raises_as_soon_as_one_fails(shoal_cluster, tmp_path):
+    """As in Ray: the error comes without waiting for the others, from the
+    driver and from inside a task; the others still finish afterwards."""
+    gate = str(tmp_path / "gate")
+    slow = held.remote(gate)
+    with pytest.raises(CustomError, match="early"):
+        shoal.get([slow, raise_custom.remote("early")], timeout=60)
+
+    @shoal.remote
+    def gets_both(gate):
+        try:
+            shoal.get([held.options(num_cpus=0).remote(gate), raise_custom.remote("inner")],
+                      timeout=60)
+        except CustomError as e:
+            return "raised: " + str(e.cause)
+    assert shoal.get(gets_both.remote(gate), timeout=60) == "raised: inner"
+    already_failed = raise_custom.remote("ready")
+    with pytest.raises(CustomError):
+        shoal.get(already_failed)
+    with pytest.raises(CustomError, match="ready"):
+        shoal.get([slow, already_failed], timeout=60)
+    assert not os.path.exists(gate)        # none of it waited for the held tasks
+    touch(gate)
+    assert shoal.get(slow, timeout=60) is True
 
 
 def test_errors_propagate_through_dependent_tasks(shoal_cluster):

@@ -93,6 +93,8 @@ class Core:
 
     def get(self, refs: list, timeout):
         values = self.fetch([r.id for r in refs], timeout)
+        if len(values) < len(refs):     # one failed before the rest were ready: its error alone
+            self.decode_value(None, values[0])
         return [self.decode_value(r.id, v) for r, v in zip(refs, values)]
 
     # ---------------------------------------------------------- submit

@@ -73,6 +73,29 @@ class ActorRecord:
         return f"Actor {self.class_name} ({self.actor_id.hex()}) is dead: {reason}"
 
 
+class NameClaim:
+    """A name registered for an actor whose creation is not submitted yet.
+
+    Its creator (``client``, a process on this node) registered the name and
+    will submit the creation once told to go ahead (at once on one node;
+    after the head's directory agrees, in a cluster). What arrives for the
+    actor meanwhile waits here, so that racing ``get_if_exists`` creations
+    share one actor: other registrations of the name (until the head
+    answers), calls through handles already given out, and peers asking
+    for its handle. The claim ends when the creation is submitted, or
+    when its creator dies first (then everything waiting fails)."""
+    __slots__ = ("client", "name", "namespace", "meta", "confirmed", "registrations",
+                 "calls", "handle_requests")
+
+    def __init__(self, client, name: str, namespace: str, meta):
+        self.client = client
+        self.name, self.namespace, self.meta = name, namespace, meta
+        self.confirmed = False          # the name is ours (the head agreed, or no head)
+        self.registrations: list = []   # (client, reply) of get_if_exists, until confirmed
+        self.calls: list = []           # TaskRecords of calls to the actor
+        self.handle_requests: list = []  # (link, reply): peers borrowing its handle
+
+
 class NodeActors:
     """The node's actor lifecycle: placing, creating, calling, restarting
     and ending actors. Part of ``Node`` (a base class of it); runs under
@@ -100,24 +123,46 @@ class NodeActors:
         key = (namespace, name)
         existing = self.named.get(key)
         if existing is not None:
+            claim = self.claims.get(existing)
             actor = self.actors.get(existing)
-            registering = actor is None and existing in self.names_registering
-            if registering or (actor is not None and actor.state != DEAD):
-                # (a creation that registered its name but is not submitted
-                # yet counts: two racing get_if_exists get one actor)
+            if claim is not None and get_if_exists:
+                # a creation that registered the name but is not submitted
+                # yet: racing get_if_exists calls get that one actor
+                if claim.confirmed:
+                    reply(True, (existing, claim.meta, None))
+                else:
+                    claim.registrations.append((client, reply))
+                return
+            if claim is not None or (actor is not None and actor.state != DEAD):
                 if get_if_exists:
-                    known = self.names_registering[existing] if registering else \
-                        actor.spec.options.get("handle_meta")
-                    reply(True, (existing, known, None))
+                    reply(True, (existing, actor.spec.options.get("handle_meta"), None))
                     return
                 raise _name_taken(name, namespace)
         self.named[key] = actor_id
-        self.names_registering[actor_id] = meta
+        claim = self.claims[actor_id] = NameClaim(client, name, namespace, meta)
         if getattr(self, "head", None) is not None:     # a cluster: the head's directory decides
-            self._register_name_in_cluster(client, reply, name, namespace, actor_id,
-                                           get_if_exists, meta)
+            self._register_name_in_cluster(client, reply, claim, actor_id, get_if_exists)
             return
+        claim.confirmed = True
         reply(True, None)
+
+    def _abandon_claims(self, client) -> None:
+        """``client`` died after registering names and before submitting
+        their actors: free the names and fail what waited for the actors."""
+        for actor_id in [a for a, c in self.claims.items() if c.client is client]:
+            claim = self.claims.pop(actor_id)
+            key = (claim.namespace, claim.name)
+            if self.named.get(key) == actor_id:
+                del self.named[key]
+                if claim.confirmed and getattr(self, "head", None) is not None:
+                    self.head.call("actor_unregister", (claim.namespace, claim.name,
+                                                        actor_id.hex()), _ignore)
+            why = (f"The process creating the actor named {claim.name!r} (pid "
+                   f"{client.pid}) died before it submitted the creation.")
+            for rec in claim.calls:
+                self._finish(rec, self._error_value(ActorDiedError(why, actor_id.hex())))
+            for _, reply in claim.registrations + claim.handle_requests:
+                reply(False, ActorDiedError(why, actor_id.hex()))
 
     def _svc_get_actor(self, client, request_id, reply, name, namespace) -> None:
         actor_id = self.named.get((namespace, name))

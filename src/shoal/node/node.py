@@ -31,7 +31,7 @@ from ..scheduler.task import (ACTOR_CALL, ACTOR_CREATE, STREAMING, TASK, TaskSpe
 from ..serialization import pack_inline, serialize
 from ..transport import messages as m
 from ..transport.framing import ConnectionClosed
-from .actors import ActorRecord, NodeActors
+from .actors import ActorRecord, NameClaim, NodeActors
 from .lineage import NodeLineage
 from .loop import EventLoop
 from .memory import NodeMemory
@@ -93,8 +93,7 @@ class Node(NodeScheduling, NodeWorkerPool, NodeServices, NodeActors, NodePlaceme
         self.actors: dict[bytes, ActorRecord] = {}
         self.pending_actors: deque = deque()
         self.named: dict[tuple, bytes] = {}
-        self.names_registering: dict[bytes, dict] = {}     # named actor id -> handle meta, until submitted
-        self.calls_before_creation: dict[bytes, list] = {}  # calls to those, until submitted
+        self.claims: dict[bytes, NameClaim] = {}   # named actor id -> its claim, until submitted
         self.placement_groups: dict = {}          # pg_id -> PlacementGroupRecord
         self.pg_names: dict[tuple, bytes] = {}    # (namespace, name) -> pg_id
         self.pending_pgs: list = []

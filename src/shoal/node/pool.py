@@ -157,6 +157,8 @@ class NodeWorkerPool:
                 for oid in req.ids:
                     self.objects.remove_waiter(oid, req.callback)
                 req.callback = None
+            if self.claims:
+                self._abandon_claims(w)
             if w.lease is not None:
                 if not w.blocked:
                     w.lease.pool.release(w.lease)

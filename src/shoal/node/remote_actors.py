@@ -12,7 +12,7 @@ import pickle
 
 from ..scheduler.task import object_id_for
 from ..transport import messages as m
-from .actors import ALIVE, DEAD, PENDING, ActorRecord, _name_taken, _no_such_actor
+from .actors import ALIVE, DEAD, PENDING, ActorRecord, _ignore, _name_taken, _no_such_actor
 
 
 class NodeRemoteActors:
@@ -41,33 +41,44 @@ class NodeRemoteActors:
         if link is None:
             return None
         actor = self.actors[actor_id] = ActorRecord.proxy(actor_id, link)
-        self.names_registering.pop(actor_id, None)
         return actor
 
     # ------------------------------------------------ named actors (the head)
-    def _register_name_in_cluster(self, client, reply, name, namespace, actor_id,
-                                  get_if_exists, meta) -> None:
+    def _register_name_in_cluster(self, client, reply, claim, actor_id, get_if_exists) -> None:
         """Claim the name in the head's directory; if a live actor elsewhere
-        holds it, give it back (get_if_exists) or refuse."""
-        key = (namespace, name)
+        holds it, give it back (get_if_exists) or refuse. Registrations of
+        the same name made here meanwhile get the same answer."""
+        key = (claim.namespace, claim.name)
         row = {"actor_id": actor_id.hex(), "node_id": self.node_id.hex(),
-               "meta": pickle.dumps(meta).hex() if meta is not None else None}
+               "meta": pickle.dumps(claim.meta).hex() if claim.meta is not None else None}
 
         def answered(ok, holder):
             with self.lock:
-                if not ok:
-                    self.named.pop(key, None)
-                    reply(False, holder)
-                elif holder is None:
+                if self.claims.get(actor_id) is not claim:     # its creator died meanwhile
+                    if ok and holder is None:
+                        self.head.call("actor_unregister", (*key, actor_id.hex()), _ignore)
+                    return
+                if ok and holder is None:
+                    claim.confirmed = True
                     reply(True, None)
+                    for _, waiting in claim.registrations:
+                        waiting(True, (actor_id, claim.meta, None))
+                    claim.registrations.clear()
+                    return
+                del self.claims[actor_id]
+                if self.named.get(key) == actor_id:
+                    del self.named[key]
+                if not ok:
+                    for answer in [reply] + [r for _, r in claim.registrations]:
+                        answer(False, holder)
+                    return
+                if get_if_exists:
+                    self._handle_from(client, reply, holder)
                 else:
-                    if self.named.get(key) == actor_id:
-                        del self.named[key]
-                    if get_if_exists:
-                        self._handle_from(client, reply, holder)
-                    else:
-                        reply(False, _name_taken(name, namespace))
-        self.head.call("actor_register", (namespace, name, row), answered)
+                    reply(False, _name_taken(*reversed(key)))
+                for other, waiting in claim.registrations:
+                    self._handle_from(other, waiting, holder)
+        self.head.call("actor_register", (*key, row), answered)
 
     def _get_actor_in_cluster(self, client, reply, name, namespace) -> None:
         def answered(ok, holder):
@@ -109,6 +120,10 @@ class NodeRemoteActors:
 
     def _svc_actor_handle(self, link, request_id, reply, actor_id) -> None:
         actor = self.actors.get(actor_id)
+        claim = self.claims.get(actor_id) if actor is None else None
+        if claim is not None:       # named here, creation not submitted yet: answered then
+            claim.handle_requests.append((link, reply))
+            return
         if actor is None or actor.state == DEAD or actor.borrowed:
             raise ValueError(f"actor {actor_id.hex()} does not live on this node")
         reply(True, self._export(link, [object_id_for(actor_id, 1)]))

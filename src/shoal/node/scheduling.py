@@ -64,11 +64,12 @@ class NodeScheduling:
             if (actor is None or (actor.borrowed and actor.state == DEAD)) and self.peers:
                 actor = self._borrowed_actor(spec.actor_id) or actor
             objects.pin(object_id_for(spec.actor_id, 1))
-            if actor is None and spec.actor_id in self.names_registering:
+            claim = self.claims.get(spec.actor_id) if actor is None else None
+            if claim is not None:
                 # a named actor whose creator has its handle but has not
                 # submitted it yet (get_if_exists raced): queue for it
                 self._wait_deps(rec)
-                self.calls_before_creation.setdefault(spec.actor_id, []).append(rec)
+                claim.calls.append(rec)
                 return
             if actor is None or actor.state == DEAD:
                 self._finish(rec, self._error_value(ActorDiedError(
@@ -91,8 +92,11 @@ class NodeScheduling:
             actor = ActorRecord(spec, request)
             actor.placement = rec.placement
             self.actors[spec.task_id] = actor
-            self.names_registering.pop(spec.task_id, None)
-            actor.queue.extend(self.calls_before_creation.pop(spec.task_id, ()))
+            claim = self.claims.pop(tid, None)
+            if claim is not None:
+                actor.queue.extend(claim.calls)
+                for link, reply in claim.handle_requests:
+                    reply(True, self._export(link, [actor.handle_id]))
             if actor.detached:
                 objects.pin(actor.handle_id)
         if rec.route == HERE and not self.runs_tasks:

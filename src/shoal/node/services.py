@@ -87,12 +87,19 @@ class NodeServices:
         self._await_objects(client, request_id, ids, num_returns, reply, values=False)
 
     def _await_objects(self, client, request_id, ids, need, reply, values: bool) -> None:
+        """Answer once ``need`` of ``ids`` are ready. A get (``values``) of
+        several objects answers as soon as one of them is an error, with
+        that error alone (a one-item list; Ray's get fails fast too)."""
         objects = self.objects
         missing = []
+        fail_fast = values and len(ids) > 1
         for oid in ids:
             e = objects.get(oid)
             if values and e is not None and e.value is not None:
                 kind = e.value[0]
+                if kind == m.ERROR and fail_fast:
+                    reply(True, self._ship_many([oid], client))
+                    return
                 if kind == m.SPILLED:
                     self._restore_or_rebuild(oid, e)  # a lost copy is rebuilt: then we wait
                 elif kind == m.REMOTE:
@@ -122,14 +129,18 @@ class NodeServices:
             if req.done:
                 return
             req.need -= 1
-            if req.need <= 0:
+            failed = fail_fast and entry.value[0] == m.ERROR
+            if req.need <= 0 or failed:
                 req.done = True
                 self.requests.pop((client, request_id), None)
                 for other in missing:
                     objects.remove_waiter(other, req.callback)
                 req.callback = None     # no cycle: shipped values (leases) must not wait for gc
                 self._unblock(client)
-                answer()
+                if failed:
+                    reply(True, self._ship_many([oid], client))
+                else:
+                    answer()
         req.callback = on_ready
         self.requests[(client, request_id)] = req
         for oid in missing:
