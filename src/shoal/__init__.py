@@ -8,7 +8,7 @@ from . import exceptions
 from .actor import ActorClass, ActorHandle, exit_actor, method
 from .api import (available_resources, cancel, cluster_resources, get, get_actor, get_gpu_ids,
                   init, internal_memory_summary, is_initialized, kill, nodes, put, remote,
-                  shutdown, wait)
+                  shutdown, timeline, wait)
 from .object_ref import ObjectRef, ObjectRefGenerator
 from .remote_function import RemoteFunction
 from .runtime_context import get_runtime_context
@@ -20,6 +20,6 @@ __version__ = "0.1.0"
 __all__ = [
     "init", "shutdown", "is_initialized", "remote", "method", "get", "put", "wait", "cancel",
     "kill", "get_actor", "internal_memory_summary", "cluster_resources", "available_resources", "nodes", "get_gpu_ids",
-    "get_runtime_context", "exit_actor", "ObjectRef", "ObjectRefGenerator", "ActorHandle",
+    "get_runtime_context", "timeline", "exit_actor", "ObjectRef", "ObjectRefGenerator", "ActorHandle",
     "ActorClass", "RemoteFunction", "exceptions", "actor", "util", "__version__",
 ]

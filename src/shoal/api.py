@@ -224,6 +224,14 @@ def internal_memory_summary(stats_only: bool = False) -> str:
     return memory_summary(stats_only)
 
 
+def timeline(filename: str | None = None):
+    """Every task's run as Chrome trace events (one track per worker, one
+    process per node); with ``filename``, written there as JSON for
+    Perfetto or chrome://tracing."""
+    from .util.timeline import timeline as _timeline
+    return _timeline(filename)
+
+
 def get_gpu_ids() -> list:
     """The GPU ids assigned to the current task or actor (what
     CUDA_VISIBLE_DEVICES was set from)."""

@@ -86,6 +86,12 @@ SETTINGS = {s.name: s for s in [
             "longer length prefix is refused and the connection closed."),
     Setting("handshake_timeout_s", float, 5.0,
             "How long a new connection has to prove it knows the cluster token."),
+    Setting("task_history_size", int, 20_000,
+            "How many ended tasks (and actor calls) each node remembers for the "
+            "state API, the timeline and `shoal doctor`; the oldest are forgotten."),
+    Setting("state_timeout_s", float, 5.0,
+            "How long a state query (list_tasks, `shoal list`...) waits for the other "
+            "nodes' answers; a node that has not answered by then is named as missing."),
     Setting("worker_skip_site", bool, True,
             "Start workers with `python -S` and the driver's sys.path, skipping the "
             "site module's .pth processing (saves ~100 ms per worker start)."),

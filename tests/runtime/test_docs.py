@@ -9,7 +9,7 @@ import sys
 import pytest
 
 DOCS = pathlib.Path(__file__).resolve().parents[2] / "docs"
-PAGES = ["api.md", "util.md", "scheduling.md", "memory.md"]
+PAGES = ["api.md", "util.md", "scheduling.md", "memory.md", "observability.md"]
 BLOCKS = [(page, i, block) for page in PAGES
           for i, block in enumerate(re.findall(r"```python\n(.*?)```",
                                                (DOCS / page).read_text(), flags=re.S))]

@@ -257,8 +257,10 @@ def test_worker_output_reaches_the_driver_with_a_prefix(tmp_path):
         "    def say(self):\n"
         "        print('hello from the actor')\n"
         "        return os.getpid()\n"
-        "print('PID', shoal.get(chatty.remote()))\n"
-        "print('APID', shoal.get(Talker.remote().say.remote()))\n"
+        # one write per line: print() writes its parts one by one, and the
+        # relay thread may write the workers' lines in between
+        "sys.stdout.write(f'PID {shoal.get(chatty.remote())}\\n')\n"
+        "sys.stdout.write(f'APID {shoal.get(Talker.remote().say.remote())}\\n')\n"
         "shoal.shutdown()\n")
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           timeout=60, cwd=tmp_path)

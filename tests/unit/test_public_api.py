@@ -11,7 +11,7 @@ def test_public_surface_is_what_all_says():
     public = {n for n in dir(shoal) if not n.startswith("_")}
     modules = {"api", "config", "core", "node", "object_ref", "options", "remote_function",
                "runtime_context", "scheduler", "serialization", "object_store", "transport",
-               "worker", "cluster", "cli", "demo", "runtime_env"}
+               "worker", "cluster", "cli", "demo", "runtime_env", "scratch"}
     # Libraries are subpackages a user imports by name (``import shoal.train``);
     # once any test has imported one it is an attribute of shoal too.
     libraries = {"collective", "train"}

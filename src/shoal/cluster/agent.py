@@ -194,7 +194,10 @@ def main(argv=None) -> int:
     res, store = machine_resources(args.num_cpus, args.num_gpus, custom,
                                    args.object_store_memory)
     from ..node.node import Node
-    node = Node(res, store, False, "cluster", os.urandom(4), os.urandom(16))
+    node_id = os.urandom(16)
+    # workers' output is kept in the state directory, after the agent too (`shoal logs`)
+    logs = os.path.join(StateDir().path, "worker-logs", f"{os.getpid()}-{node_id.hex()[:12]}")
+    node = Node(res, store, False, "cluster", os.urandom(4), node_id, logs_dir=logs)
     agent = Agent(args.address, find_token(args.token_file), node, args.head_node)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.stop_event.set())

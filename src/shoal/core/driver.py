@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import itertools
+import os
 
 from ..exceptions import GetTimeoutError, ObjectStoreFullError
 from ..node.services import DRIVER
@@ -23,6 +24,7 @@ class DriverCore(Core):
         super().__init__(node.arena, node.job_id, node.node_id, namespace)
         self.node = node
         node.local_deltas = self.ref_log
+        node.driver_pid = os.getpid()
 
     # -- store -------------------------------------------------------------
     def alloc(self, size: int) -> int:

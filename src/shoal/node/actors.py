@@ -20,7 +20,8 @@ from ..exceptions import ActorDiedError
 from ..scheduler.task import ACTOR_CALL, TaskSpec, object_id_for
 from ..transport import messages as m
 from .placement import GONE
-from .records import FINISHED, HERE, NODE_GONE, RUNNING, WAIT, WAITING_DEPS, TaskRecord
+from .records import (FINISHED, HERE, NODE_GONE, RUNNING, WAIT, WAITING_DEPS, TaskRecord,
+                      ended_row)
 from .workers import ACTOR as W_ACTOR
 
 PENDING, ALIVE, RESTARTING, DEAD = "PENDING_CREATION", "ALIVE", "RESTARTING", "DEAD"
@@ -236,12 +237,16 @@ class NodeActors:
         w.state = W_ACTOR
         w.actor = actor
         actor.worker = w
-        rec = TaskRecord(actor.spec, actor.request, ())
+        first = self.tasks.get(actor.actor_id)
+        rec = TaskRecord(actor.spec, actor.request, first.key if first is not None else ())
         rec.state = RUNNING
+        if first is not None:     # this run's lifecycle starts where the creation's did
+            rec.submitted_at, rec.ready_at = first.submitted_at, first.ready_at
         self._execute(w, rec)
 
     def _actor_created(self, actor: ActorRecord, rec: TaskRecord, results, freed) -> None:
         oid, value = results[0]
+        self.history.append(ended_row(rec))      # this run of its creation (each restart too)
         if value[0] == m.ERROR:
             actor.no_restart = True
             self._store(oid, value, freed)

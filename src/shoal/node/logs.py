@@ -1,9 +1,14 @@
-"""Relaying worker stdout/stderr to the driver's terminal.
+"""Worker stdout/stderr: relayed to the driver's terminal and kept in a
+log file per worker and stream.
 
-Each line gets Ray's prefix, ``(name pid=123)``, naming the task or actor
-that printed it. A worker announces the name it runs under with a marker
-line (``LABEL_MARKER`` + name) whenever the name changes, on both streams;
-the relay swallows the marker and remembers the name per stream.
+Each relayed line gets Ray's prefix, ``(name pid=123)``, naming the task or
+actor that printed it. A worker announces the name it runs under with a
+marker line (``LABEL_MARKER`` + name) whenever the name changes, on both
+streams, and the first output of each task with ``TASK_MARKER`` + task id
++ " " + name (worker/output.py); the relay swallows both and remembers the
+name per stream. The log file (``worker-<pid>.out`` / ``.err`` in the
+node's log directory) holds the lines as printed, with the task markers
+kept, so that ``task_output`` can cut out what one task printed.
 """
 from __future__ import annotations
 
@@ -11,12 +16,15 @@ import os
 import sys
 
 LABEL_MARKER = b"\x1bshoal-label:"
+TASK_MARKER = b"\x1bshoal-task:"
+MAX_LOG_READ = 1 << 20          # bytes one logs request returns at most
 
 
 class StreamRelay:
-    __slots__ = ("fd", "pid", "to_stderr", "label", "partial", "enabled", "sink")
+    __slots__ = ("fd", "pid", "to_stderr", "label", "partial", "enabled", "sink", "log")
 
-    def __init__(self, fd: int, pid: int, to_stderr: bool, enabled: bool, sink=None):
+    def __init__(self, fd: int, pid: int, to_stderr: bool, enabled: bool, sink=None,
+                 log=None):
         self.fd = fd
         self.pid = pid
         self.to_stderr = to_stderr
@@ -24,6 +32,7 @@ class StreamRelay:
         self.partial = b""
         self.enabled = enabled      # write to this process's terminal
         self.sink = sink            # and/or hand to sink(to_stderr, text): connected drivers
+        self.log = log              # the worker's log file for this stream (binary), or None
 
     def read(self):
         """Relay what is readable: True if something was, None if nothing is
@@ -45,6 +54,14 @@ class StreamRelay:
         self._emit(lines)
         return True
 
+    def close_log(self) -> None:
+        if self.log is not None:
+            try:
+                self.log.close()
+            except OSError:
+                pass
+            self.log = None
+
     def drain(self) -> None:
         """Relay everything the pipe holds now (never blocks: a grandchild
         process may still hold the pipe open)."""
@@ -53,11 +70,24 @@ class StreamRelay:
 
     def _emit(self, lines: list[bytes]) -> None:
         out = []
+        kept = []
         for line in lines:
-            if line.startswith(LABEL_MARKER):
-                self.label = line[len(LABEL_MARKER):].decode("utf-8", "replace")
-                continue
+            if line.startswith(b"\x1bshoal-"):
+                if line.startswith(LABEL_MARKER):
+                    self.label = line[len(LABEL_MARKER):].decode("utf-8", "replace")
+                    continue
+                if line.startswith(TASK_MARKER):
+                    self.label = line.partition(b" ")[2].decode("utf-8", "replace")
+                    kept.append(line)
+                    continue
+            kept.append(line)
             out.append(f"({self.label} pid={self.pid}) {line.decode('utf-8', 'replace')}\n")
+        if kept and self.log is not None:
+            try:
+                self.log.write(b"\n".join(kept) + b"\n")
+                self.log.flush()
+            except (OSError, ValueError):
+                self.log = None     # the disk is full or the file went: keep relaying
         if out and self.sink is not None:
             self.sink(self.to_stderr, "".join(out))
         if out and self.enabled:
@@ -77,3 +107,57 @@ def write_output(to_stderr: bool, text: str) -> None:
         stream.flush()
     except (ValueError, OSError):
         pass
+
+
+def open_log(directory: str, pid: int, to_stderr: bool):
+    """The worker's log file for one stream, created 0600; None if it cannot be."""
+    path = log_path(directory, pid, to_stderr)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    except OSError:
+        return None
+    return os.fdopen(fd, "ab")
+
+
+def log_path(directory: str, pid: int, to_stderr: bool) -> str:
+    return os.path.join(directory, f"worker-{pid}.{'err' if to_stderr else 'out'}")
+
+
+def read_output(path: str, offset: int, task_hex: str | None = None) -> tuple[str, int]:
+    """What the log at ``path`` holds from ``offset`` on (at most
+    MAX_LOG_READ bytes), without markers, and the offset to read from next.
+    With ``task_hex``: only the lines that task printed, and offsets count
+    within those lines."""
+    try:
+        with open(path, "rb") as f:
+            if task_hex is None:
+                f.seek(offset)
+                data = f.read(MAX_LOG_READ)
+                end = data.rfind(b"\n") + 1 if len(data) == MAX_LOG_READ else len(data)
+                data = data[:end]
+                return _strip_markers(data), offset + end
+            data = f.read()
+    except FileNotFoundError:
+        return "", offset
+    mine = task_output(data, task_hex.encode())
+    chunk = mine[offset:offset + MAX_LOG_READ]
+    return chunk.decode("utf-8", "replace"), offset + len(chunk)
+
+
+def task_output(data: bytes, task_hex: bytes) -> bytes:
+    """The lines of a worker's log written while ``task_hex`` was its task."""
+    out = []
+    current = None
+    for line in data.split(b"\n")[:-1] if data.endswith(b"\n") else data.split(b"\n"):
+        if line.startswith(TASK_MARKER):
+            current = line[len(TASK_MARKER):].partition(b" ")[0]
+        elif current == task_hex:
+            out.append(line + b"\n")
+    return b"".join(out)
+
+
+def _strip_markers(data: bytes) -> str:
+    if TASK_MARKER in data:
+        data = b"".join(line for line in data.splitlines(keepends=True)
+                        if not line.startswith(TASK_MARKER))
+    return data.decode("utf-8", "replace")

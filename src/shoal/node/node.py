@@ -13,6 +13,7 @@ and drops the pins its value held on other objects.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -37,20 +38,21 @@ from .loop import EventLoop
 from .memory import NodeMemory
 from .memory_monitor import MemoryMonitor
 from .fetch import NodeFetch
+from .introspect import NodeIntrospection
 from .packages import NodePackages
 from .peers import NodePeers
 from .placement import NodePlacement
 from .spread_pg import NodeSpreadPlacement
 from .pool import NodeWorkerPool
 from .remote_actors import NodeRemoteActors
-from .records import FINISHED, WAITING_DEPS, GeneratorState, TaskRecord, uncount
+from .records import FINISHED, WAITING_DEPS, GeneratorState, TaskRecord, ended_row, uncount
 from .scheduling import NodeScheduling
 from .services import NodeServices
 
 
 class Node(NodeScheduling, NodeWorkerPool, NodeServices, NodeActors, NodePlacement, NodeMemory,
            NodeLineage, NodePeers, NodeFetch, NodeRemoteActors, NodeSpreadPlacement,
-           NodePackages):
+           NodePackages, NodeIntrospection):
     """One machine's runtime. Its methods are split by concern: this file
     (state, refs and freeing, messages from workers, results, shutdown),
     scheduling.py (submitting and scheduling tasks), pool.py (worker
@@ -60,12 +62,12 @@ class Node(NodeScheduling, NodeWorkerPool, NodeServices, NodeActors, NodePlaceme
     lineage.py (rebuilding lost objects), peers.py (other nodes: links,
     forwarded tasks, lent objects, a peer's death), fetch.py (moving lent
     objects' bytes), remote_actors.py (actors on other nodes, named actors),
-    spread_pg.py (placement groups across nodes) and packages.py (working
-    directories)."""
+    spread_pg.py (placement groups across nodes), packages.py (working
+    directories) and introspect.py (the rows of the state API)."""
 
     def __init__(self, resources: dict[str, float], object_store_memory: int,
                  log_to_driver: bool, namespace: str, job_id: bytes, node_id: bytes,
-                 runs_tasks: bool = True):
+                 runs_tasks: bool = True, logs_dir: str | None = None):
         self.lock = threading.RLock()
         self.node_id = node_id
         self.job_id = job_id
@@ -94,6 +96,14 @@ class Node(NodeScheduling, NodeWorkerPool, NodeServices, NodeActors, NodePlaceme
         self.pending_actors: deque = deque()
         self.named: dict[tuple, bytes] = {}
         self.claims: dict[bytes, NameClaim] = {}   # named actor id -> its claim, until submitted
+        self.history: deque = deque(maxlen=config.get("task_history_size"))  # ended_row()s
+        self.dead_workers: deque = deque(maxlen=1000)   # (WorkerRecord, exit, when), newest last
+        self.driver_pid = None                    # set when a driver runs in this process
+        self.started = time.time()
+        # workers' log files (node/logs.py): the agent's directory, or a scratch
+        # one of this process's, made with the first worker and removed at stop
+        self.logs_dir = logs_dir
+        self.own_logs_dir = logs_dir is None
         self.placement_groups: dict = {}          # pg_id -> PlacementGroupRecord
         self.pg_names: dict[tuple, bytes] = {}    # (namespace, name) -> pg_id
         self.pending_pgs: list = []
@@ -273,8 +283,8 @@ class Node(NodeScheduling, NodeWorkerPool, NodeServices, NodeActors, NodePlaceme
         self._claim(w, msg[2])
         self._store(msg[1], msg[2], freed)
 
-    def _h_done(self, w, msg, freed) -> None:
-        _, task_id, results, retryable = msg
+    def _h_done(self, w, msg, freed) -> None:     # hot: every task's end
+        _, task_id, results, retryable, failure, run_start, run_end = msg
         if w.allocs:
             for _, value in results:
                 self._claim(w, value)
@@ -285,6 +295,9 @@ class Node(NodeScheduling, NodeWorkerPool, NodeServices, NodeActors, NodePlaceme
             for _, value in results:   # revoked or cancelled meanwhile: not wanted
                 self._discard_value(value)
             return
+        rec.run_start = run_start
+        rec.run_end = run_end
+        rec.failure = failure
         spec = rec.spec
         if spec.kind == ACTOR_CREATE:
             self._actor_created(w.actor, rec, results, freed)
@@ -393,6 +406,10 @@ class Node(NodeScheduling, NodeWorkerPool, NodeServices, NodeActors, NodePlaceme
 
     def _finish(self, rec: TaskRecord, value: tuple) -> None:
         """End ``rec`` with the same value (an error) for every return."""
+        if rec.failure is None:
+            rec.failure = value            # decoded only if the state API asks
+        if not rec.run_end:
+            rec.run_end = time.time()      # when the node ended it
         freed: list = []
         for oid in rec.spec.return_ids():
             self._store(oid, value, freed)
@@ -412,6 +429,9 @@ class Node(NodeScheduling, NodeWorkerPool, NodeServices, NodeActors, NodePlaceme
         rec.state = FINISHED
         spec = rec.spec
         self.tasks.pop(spec.task_id, None)
+        if spec.kind != ACTOR_CREATE or rec.failure is not None:
+            # (a created actor's creation is kept when its run ends: _actor_created)
+            self.history.append(ended_row(rec))
         if self.memory_deadlines:
             self.memory_deadlines.pop(spec.task_id, None)
         objects = self.objects
@@ -474,6 +494,9 @@ class Node(NodeScheduling, NodeWorkerPool, NodeServices, NodeActors, NodePlaceme
             w.conn.close()
         for relay in self.relays:   # what workers printed last still reaches the terminal
             relay.drain()
+            relay.close_log()
+        if self.own_logs_dir and self.logs_dir:
+            shutil.rmtree(self.logs_dir, ignore_errors=True)
         for proc in self.procs:
             for f in (proc.stdout, proc.stderr):
                 try:

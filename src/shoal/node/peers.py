@@ -58,7 +58,7 @@ LOCALITY_BYTES = 1 << 20       # arguments this large on one peer draw the task 
 INFEASIBLE_WARN_S = 2.0        # a request no node can meet is reported after this long
 DIAL_RETRY_S = 2.0             # between attempts to link to a node that did not answer
 PEER_OPS = frozenset({"peer_wait", "cancel", "kill_actor", "pg_reserve", "pg_remove",
-                      "actor_handle"})
+                      "actor_handle", "state", "logs"})
 
 
 class PeerInfo:
@@ -106,6 +106,7 @@ class PeerLink:
     def __init__(self, conn: Connection, node_id: bytes, address):
         self.conn = conn
         self.node_id = node_id
+        self.row_id = node_id        # a forwarded task's history row names the node it ran on
         self.address = address
         self.state = "alive"
         self.inflight: dict = {}     # task_id -> our TaskRecord it runs for us

@@ -8,12 +8,13 @@ runs on the loop thread: see loop.py on PDEATHSIG).
 from __future__ import annotations
 
 import os
+import time
 
-from .. import config
+from .. import config, scratch
 from ..exceptions import TaskCancelledError, WorkerCrashedError
 from ..scheduler.task import ACTOR_CALL, ACTOR_CREATE
 from ..transport import messages as m
-from .logs import StreamRelay
+from .logs import StreamRelay, open_log
 from .workers import BUSY, IDLE, STARTING, spawn_worker
 
 
@@ -76,13 +77,26 @@ class NodeWorkerPool:
                 if self.stopped:
                     w.conn.queue((m.EXIT,))
             self.loop.add_reader(w.conn.fileno(), self._on_readable, w)
+            logs = self._logs_dir()
             for fd, to_err in ((w.proc.stdout.fileno(), False), (w.proc.stderr.fileno(), True)):
                 os.set_blocking(fd, False)
-                relay = StreamRelay(fd, w.pid, to_err, self.log_to_driver, self._to_drivers)
+                relay = StreamRelay(fd, w.pid, to_err, self.log_to_driver, self._to_drivers,
+                                    open_log(logs, w.pid, to_err) if logs else None)
                 self.relays.append(relay)
                 w.relays.append(relay)
                 self.loop.add_reader(fd, self._on_output, (w, relay))
             self.loop.call_later(config.get("worker_start_timeout_s"), self._check_started, w)
+
+    def _logs_dir(self) -> str | None:
+        """Where workers' output is kept (node/logs.py); None if nowhere can be."""
+        if self.logs_dir is None:
+            try:
+                self.logs_dir = scratch.make("logs")
+            except OSError:
+                self.logs_dir = ""          # output is still relayed, only not kept
+        elif self.logs_dir and not self.own_logs_dir and not os.path.isdir(self.logs_dir):
+            os.makedirs(self.logs_dir, mode=0o700, exist_ok=True)
+        return self.logs_dir or None
 
     def _check_started(self, w) -> None:
         if w.state == STARTING and w.proc.poll() is None:
@@ -92,6 +106,7 @@ class NodeWorkerPool:
         w, relay = arg
         if relay.read() is False:
             self.loop.remove(relay.fd)
+            relay.close_log()
             w.out_pipes -= 1
             with self.lock:
                 if relay in self.relays:
@@ -119,6 +134,7 @@ class NodeWorkerPool:
         sock.setblocking(False)
         w = WorkerRecord(os.urandom(8), None, Connection(sock), pid=pid)
         w.state = DRIVER_CLIENT
+        w.entrypoint = _command_line(pid)
         w.out_pipes = 0
         with self.lock:
             self.workers[w.worker_id] = w
@@ -141,6 +157,7 @@ class NodeWorkerPool:
                 for relay in w.relays:
                     self.loop.remove(relay.fd)
                     relay.drain()
+                    relay.close_log()
                     if relay in self.relays:
                         self.relays.remove(relay)
                 for f in (w.proc.stdout, w.proc.stderr):
@@ -167,6 +184,7 @@ class NodeWorkerPool:
             w.state = "dead"
             if self.stopped:
                 return
+            self.dead_workers.append((w, exit_desc, time.time()))
             for position, rec in enumerate(list(w.inflight.values())):
                 if rec.spec.kind == ACTOR_CALL or rec.spec.kind == ACTOR_CREATE:
                     continue
@@ -201,3 +219,12 @@ class NodeWorkerPool:
             self._schedule()
             if len(self.idle) + self.starting == 0:
                 self._want_workers(1)
+
+
+def _command_line(pid: int) -> str:
+    """What a driver process on this machine runs (its job's entrypoint)."""
+    import psutil
+    try:
+        return " ".join(psutil.Process(pid).cmdline()) or f"pid {pid}"
+    except psutil.Error:
+        return f"pid {pid}"

@@ -146,6 +146,7 @@ class NodeScheduling:
 
     def _ready(self, rec: TaskRecord) -> None:
         rec.state = QUEUED
+        rec.ready_at = time.time()
         if rec.spec.kind == ACTOR_CREATE:
             self.pending_actors.append(self.actors[rec.spec.task_id])
         else:

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -22,13 +23,16 @@ DRIVER_CLIENT = "driver"     # a driver process connected to this node (cluster/
 
 
 class WorkerRecord:
+    is_peer = False           # (a PeerLink, which the node treats alike in places, says True)
     __slots__ = ("worker_id", "proc", "pid", "conn", "state", "inflight", "lease", "lease_key",
                  "functions", "held", "actor", "blocked", "label", "out_pipes", "exit_desc",
-                 "revoking", "retire_pending", "allocs", "relays", "oom")
+                 "revoking", "retire_pending", "allocs", "relays", "oom", "started",
+                 "entrypoint", "row_id")
 
     def __init__(self, worker_id: bytes, proc: subprocess.Popen | None, conn: Connection,
                  pid: int | None = None):
         self.worker_id = worker_id
+        self.row_id = worker_id    # how a task's history row names where it ran (records.py)
         self.proc = proc             # None for a connected driver (not our child)
         self.pid = proc.pid if proc is not None else pid
         self.conn = conn
@@ -48,6 +52,8 @@ class WorkerRecord:
         self.relays: list = []     # its stdout and stderr relays
         self.allocs: set = set()   # arena offsets it allocated and has not yet reported
         self.oom = None            # an OomKill if the memory monitor killed it
+        self.started = time.time()
+        self.entrypoint = None     # a connected driver's command line (its job)
 
     def describe_exit(self) -> str:
         if self.proc is None:

@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 
-import psutil
+from .. import scratch
 
 
 class SpillLost(OSError):
@@ -33,9 +33,7 @@ class SpillDirectory:
     @property
     def path(self) -> str:
         if self._path is None:
-            os.makedirs(self.root, exist_ok=True)
-            _remove_orphans(self.root)
-            self._path = tempfile.mkdtemp(prefix=f"shoal-spill-{os.getpid()}-", dir=self.root)
+            self._path = scratch.make("spill", self.root)
         return self._path
 
     @property
@@ -94,18 +92,3 @@ class SpillDirectory:
     def close(self) -> None:
         if self._path is not None:
             shutil.rmtree(self._path, ignore_errors=True)
-
-
-def _remove_orphans(root: str) -> None:
-    """Remove spill directories whose node process is gone."""
-    try:
-        names = os.listdir(root)
-    except OSError:
-        return
-    for name in names:
-        parts = name.split("-")
-        if len(parts) < 4 or parts[:2] != ["shoal", "spill"] or not parts[2].isdigit():
-            continue
-        if psutil.pid_exists(int(parts[2])):
-            continue                  # its node still runs
-        shutil.rmtree(os.path.join(root, name), ignore_errors=True)

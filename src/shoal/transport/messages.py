@@ -14,12 +14,14 @@ pickled exception; ``contained`` lists the ids of refs nested in the value.
 Task specs travel as the tuple made by ``TaskSpec.to_wire`` (scheduler/task.py).
 """
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 # worker -> node --------------------------------------------------------------
 HELLO = 1          # (HELLO, version, worker_id, pid)
 SUBMIT = 2         # (SUBMIT, spec_wire)                 task, actor creation or actor call
-DONE = 3           # (DONE, task_id, results, retryable) results: [(object_id, value)]
+DONE = 3           # (DONE, task_id, results, retryable, failure, start, end)
+                   #   results: [(object_id, value)]; failure: None or (error type, message);
+                   #   start, end: the run by time.time(), 0.0 if it never ran
 GEN_ITEM = 4       # (GEN_ITEM, task_id, index, value)   one streamed generator item
 PUT = 5            # (PUT, object_id, value)
 REFS = 6           # (REFS, incs, decs)                  local ref counts that crossed 0

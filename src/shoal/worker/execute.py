@@ -100,15 +100,29 @@ def finish_ok(core, spec: TaskSpec, result) -> tuple:
             f"the return value of {spec.name} cannot be serialized: {e}"))
     except ValueError as e:
         return finish_error(core, spec, e)
-    return (m.DONE, spec.task_id, results, False)
+    return (m.DONE, spec.task_id, results, False, None)
 
 
 def finish_error(core, spec: TaskSpec, exc: BaseException, tb: str | None = None) -> tuple:
+    """The DONE message (without its times) for a call that raised ``exc``."""
     if tb is None:
         tb = format_user_traceback(exc)
     value = error_value(core, spec.name, exc, tb)
     retryable = _retryable(spec, exc)
-    return (m.DONE, spec.task_id, [(rid, value) for rid in spec.return_ids()], retryable)
+    return (m.DONE, spec.task_id, [(rid, value) for rid in spec.return_ids()], retryable,
+            failure_summary(exc))
+
+
+def failure_summary(exc: BaseException) -> tuple:
+    """(type name, message) of the user's error, for the state API: the
+    original exception's, not the TaskError wrapping one from a nested task."""
+    if isinstance(exc, TaskError) and exc.cause is not None:
+        exc = exc.cause
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"<{type(exc).__name__} whose str() failed>"
+    return type(exc).__name__, message[:2000]
 
 
 def format_user_traceback(exc: BaseException) -> str:
@@ -153,6 +167,7 @@ class _Stream:
         self.core = core
         self.spec = spec
         self.count = 0
+        self.failure = None
 
     def item(self, value) -> None:
         self.core.send((m.GEN_ITEM, self.spec.task_id, self.count, self.core.encode_value(value)))
@@ -162,10 +177,12 @@ class _Stream:
         value = error_value(self.core, self.spec.name, e, format_user_traceback(e))
         self.core.send((m.GEN_ITEM, self.spec.task_id, self.count, value))
         self.count += 1
+        self.failure = failure_summary(e)
 
     def done(self) -> tuple:
         rid = self.spec.return_ids()[0]
-        return (m.DONE, self.spec.task_id, [(rid, self.core.encode_value(self.count))], False)
+        return (m.DONE, self.spec.task_id, [(rid, self.core.encode_value(self.count))], False,
+                self.failure)
 
 
 def run_streaming(core, spec: TaskSpec, result) -> tuple:

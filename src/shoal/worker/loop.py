@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -28,8 +29,9 @@ from .execute import (ActorExit, finish_error, finish_ok, is_streaming, prepare,
 
 
 class WorkerLoop:
-    def __init__(self, core):
+    def __init__(self, core, streams: tuple):
         self.core = core
+        self.streams = streams       # this process's TaggedStreams (worker/output.py)
         self.queue: deque = deque()
         self.functions: dict = {}
         self.blobs: dict = {}        # function id -> pickled code, until first used
@@ -125,9 +127,10 @@ class WorkerLoop:
         except BaseException:   # a bug in shoal itself: say so, keep the worker alive
             traceback.print_exc()
 
-    def _execute(self, msg) -> None:
+    def _execute(self, msg) -> None:     # hot: every task and actor call
         core = self.core
         spec = None
+        started = time.time()
         try:
             p = prepare(core, self.functions, self.blobs, msg)
             spec = p.spec
@@ -170,13 +173,15 @@ class WorkerLoop:
             sys.stdout.flush()
             sys.stderr.flush()
         self.cancelled.discard(spec.task_id)
-        core.send(done)
+        core.send(done + (started, time.time()))
 
     async def _execute_async(self, msg) -> None:
         core = self.core
         spec = TaskSpec.from_wire(msg[1])
+        started = 0.0
         try:
             async with self.semaphore:
+                started = time.time()
                 p = prepare(core, self.functions, self.blobs, msg)
                 self._set_label(spec)
                 result = p.fn(*p.args, **p.kwargs)
@@ -197,7 +202,7 @@ class WorkerLoop:
             done = finish_error(core, spec, e)
         finally:
             self.async_tasks.pop(spec.task_id, None)
-        core.send(done)
+        core.send(done + ((started, time.time()) if started else (0.0, 0.0)))
 
     def _actor_exit(self, spec) -> tuple:
         self.core.send((m.ACTOR_EXIT, self.core.actor_id))
@@ -241,7 +246,7 @@ class WorkerLoop:
                 self.queue.remove(q)
                 spec = TaskSpec.from_wire(q[1])
                 self.core.send(finish_error(self.core, spec, TaskCancelledError(
-                    f"task {spec.name} was cancelled")))
+                    f"task {spec.name} was cancelled")) + (0.0, 0.0))
                 return
         fut = self.async_tasks.get(task_id)
         if fut is not None:
@@ -280,10 +285,12 @@ class WorkerLoop:
             raise KeyboardInterrupt
 
     # -- process state -------------------------------------------------------------
-    def _set_label(self, spec) -> None:
+    def _set_label(self, spec) -> None:     # hot: every task
         label = spec.name.split(".")[0] if spec.kind in (ACTOR_CALL, ACTOR_CREATE) else spec.name
+        out, err = self.streams
+        out.task_id = err.task_id = spec.task_id      # their next write names this task
         if label != self.label:
-            self.label = label
+            self.label = out.label = err.label = label
             sys.stdout.flush()
             sys.stderr.flush()
             marker = LABEL_MARKER + label.encode() + b"\n"

@@ -34,6 +34,7 @@ def main(argv: list[str]) -> None:
     from ..transport import messages as m
     from ..transport.framing import Connection
     from .loop import WorkerLoop
+    from .output import install as tag_output
 
     reset_id_prefix()
     conn = Connection(socket.socket(fileno=int(sock_fd)))
@@ -43,7 +44,7 @@ def main(argv: list[str]) -> None:
                       bytes.fromhex(env.get("SHOAL_NODE_ID", "")),
                       env.get("SHOAL_NAMESPACE", "default"), bytes.fromhex(worker_id))
     set_core(core)
-    loop = WorkerLoop(core)
+    loop = WorkerLoop(core, tag_output())
     core.send((m.HELLO, m.PROTOCOL_VERSION, core.worker_id, os.getpid()))
     loop.run()
     # leave without running atexit handlers or joining user threads

@@ -1,10 +1,14 @@
-"""The ``shoal`` command line: ``demo``, and the cluster's ``start``,
-``stop`` and ``status`` (Ray's conventions)."""
+"""The ``shoal`` command line: ``demo``, the cluster's ``start``, ``stop``
+and ``status``, jobs (cluster/job_cli.py), and looking inside a running
+cluster: ``list``, ``summary``, ``timeline``, ``memory`` (cli/state.py).
+Ray's conventions throughout."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+
+from . import state as state_cli
 
 
 def _resources(text: str | None) -> dict | None:
@@ -19,6 +23,15 @@ def _resources(text: str | None) -> dict | None:
             for k, v in value.items()):
         raise SystemExit(f"--resources must map names to non-negative numbers, got {text!r}")
     return value
+
+
+def connection(parser) -> None:
+    """--address and --token-file: which running cluster a command talks to."""
+    parser.add_argument("--address", default=None,
+                        help="HOST:PORT of the cluster's head (default: this machine's)")
+    parser.add_argument("--token-file", default=None,
+                        help="file holding the cluster token (else $SHOAL_TOKEN, else the "
+                             "head's on this machine)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,17 +76,18 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--address", default=None)
         p.add_argument("--token-file", default=None)
     status = sub.add_parser("status", help="nodes, resources used/total, pending work")
-    status.add_argument("--address", default=None)
-    status.add_argument("--token-file", default=None)
+    connection(status)
+    state_cli.add_parsers(sub, connection)
     args = parser.parse_args(argv)
 
     if args.command == "demo":
-        from .demo import run_demo
+        from ..demo import run_demo
         return run_demo(num_cpus=args.num_cpus, samples=args.samples)
 
-    from . import config
-    from .cluster import launch
-    from .cluster.auth import AuthError
+    from .. import config
+    from ..cluster import launch
+    from ..cluster.auth import AuthError
+    from ..exceptions import ShoalError
     try:
         if args.command == "start":
             resources = _resources(args.resources)
@@ -99,16 +113,15 @@ def main(argv: list[str] | None = None) -> int:
             print("stopped " + ", ".join(stopped) if stopped else "nothing to stop")
             return 0
         if args.command == "job":
-            from .cluster import job_cli
+            from ..cluster import job_cli
             return job_cli.run(args)
         if args.command == "status":
             print(launch.format_status(launch.status(args.address, args.token_file)))
             return 0
-    except (launch.LaunchError, AuthError, ValueError) as e:
+        if args.command in state_cli.COMMANDS:
+            return state_cli.run(args)
+    except (launch.LaunchError, AuthError, ValueError, ConnectionError, ShoalError) as e:
         print(f"shoal {args.command}: {e}", file=sys.stderr)
         return 1
     return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())
