@@ -92,6 +92,9 @@ SETTINGS = {s.name: s for s in [
     Setting("state_timeout_s", float, 5.0,
             "How long a state query (list_tasks, `shoal list`...) waits for the other "
             "nodes' answers; a node that has not answered by then is named as missing."),
+    Setting("metrics_report_interval_s", float, 1.0,
+            "A worker hands its user metrics (shoal.util.metrics) to its node when a "
+            "task ends, or this long after an update while a task runs."),
     Setting("worker_skip_site", bool, True,
             "Start workers with `python -S` and the driver's sys.path, skipping the "
             "site module's .pth processing (saves ~100 ms per worker start)."),

@@ -32,9 +32,11 @@ def shoal_cli(*args, env_extra=None, timeout=60):
 
 
 def test_cli_start_head_join_status_stop(cluster_env):
-    out = shoal_cli("start", "--head", "--port", "0", "--num-cpus", "1")
+    out = shoal_cli("start", "--head", "--port", "0", "--num-cpus", "1",
+                    "--dashboard-port", "0")
     assert out.returncode == 0, out.stderr
     assert "shoal start --address" in out.stdout
+    assert "Dashboard: http://127.0.0.1:" in out.stdout
     token = read_token(cluster_env.token_path)
     assert token not in out.stdout + out.stderr          # the token is never printed
     address = launch.head_address(None)
@@ -47,7 +49,7 @@ def test_cli_start_head_join_status_stop(cluster_env):
     assert "2 node(s) alive" in out.stdout and "CPU: 0/3 used" in out.stdout
     assert "edge: 0/1 used" in out.stdout and "[head]" in out.stdout
     pids = list(cluster_env.processes().values())
-    assert len(pids) == 3
+    assert len(pids) == 4                     # head, two nodes, the dashboard
     out = shoal_cli("stop")
     assert out.returncode == 0 and "head" in out.stdout
     wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"

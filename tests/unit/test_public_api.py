@@ -14,7 +14,7 @@ def test_public_surface_is_what_all_says():
                "worker", "cluster", "cli", "demo", "runtime_env", "scratch"}
     # Libraries are subpackages a user imports by name (``import shoal.train``);
     # once any test has imported one it is an attribute of shoal too.
-    libraries = {"collective", "train"}
+    libraries = {"collective", "train", "dashboard"}
     assert public - modules - libraries - set(shoal.__all__) == set()
 
 

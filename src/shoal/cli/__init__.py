@@ -53,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--num-cpus", type=float, default=None)
     start.add_argument("--num-gpus", type=float, default=None)
     start.add_argument("--resources", default=None, help='custom resources as JSON')
+    start.add_argument("--dashboard-port", type=int, default=8265,
+                       help="with --head: the dashboard's port (default 8265; 0: any free)")
+    start.add_argument("--dashboard-host", default=None,
+                       help="with --head: where the dashboard listens (default: --host)")
+    start.add_argument("--no-dashboard", action="store_true",
+                       help="with --head: start no dashboard")
     start.add_argument("--storage", default=None,
                        help="with --head: keep the cluster's tables in this Redis "
                             "(redis://HOST:PORT/DB or unix:///path) instead of SQLite")
@@ -94,10 +100,17 @@ def main(argv: list[str] | None = None) -> int:
             if args.head == bool(args.address):
                 parser.error("shoal start needs exactly one of --head or --address HOST:PORT")
             if args.head:
-                out = launch.start_head(args.host, config.get("head_port") if args.port is None else args.port,
-                                        args.num_cpus, args.num_gpus, resources, args.storage)
+                out = launch.start_head(
+                    args.host, config.get("head_port") if args.port is None else args.port,
+                    args.num_cpus, args.num_gpus, resources, args.storage,
+                    None if args.no_dashboard else args.dashboard_port, args.dashboard_host)
                 print(f"shoal head started at {out['address']} (pid {out['head_pid']}), "
                       f"with a node on this machine (pid {out['node_pid']}).")
+                if out["dashboard"]:
+                    print(f"Dashboard: {out['dashboard']} (log in with the cluster token; "
+                          f"Prometheus metrics at {out['dashboard']}/metrics)")
+                elif out.get("dashboard_note"):
+                    print(out["dashboard_note"])
                 print(f"The cluster token is in {out['token_file']} (readable by you only).")
                 print("To join another machine, copy that file there and run:")
                 print(f"  shoal start --address {out['address']} --token-file PATH")

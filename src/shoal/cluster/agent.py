@@ -167,7 +167,7 @@ class Agent:
             self.peer_listener.stop()
         self.node.stop()
 
-    def _load(self) -> tuple[dict, int]:
+    def _load(self) -> tuple[dict, int, dict]:
         node = self.node
         with node.lock:
             free = {k: max(0.0, v) for k, v in
@@ -176,7 +176,8 @@ class Agent:
             # tasks queued on a busy worker behind the one it runs wait too
             pending += sum(len(w.inflight) - 1 for w in node.workers.values()
                            if w.actor is None and len(w.inflight) > 1)
-        return free, pending
+            stats = node.stats()
+        return free, pending, stats
 
 
 def main(argv=None) -> int:

@@ -55,15 +55,17 @@ class NodeEntry:
         self.state = ALIVE
         self.last_seen = time.monotonic()
         self.death_reason = None
+        self.stats: dict = {}             # the node's last heartbeat: store, tasks, metrics
 
-    def row(self) -> dict:
+    def row(self, stats: bool = True) -> dict:
         return {"node_id": self.node_id, "state": self.state, "host": self.info.get("host"),
                 "pid": self.info.get("pid"), "resources": self.info.get("resources", {}),
                 "available": self.available, "pending_tasks": self.pending,
                 "is_head_node": self.info.get("is_head_node", False),
                 "peer_address": self.info.get("peer_address"),
                 "driver": bool(self.info.get("driver")),
-                "death_reason": self.death_reason}
+                "death_reason": self.death_reason,
+                "stats": self.stats if stats and self.state == ALIVE else {}}
 
 
 class Head:
@@ -132,11 +134,14 @@ class Head:
         log(f"node {node_id[:12]} joined from {info.get('host')} with {info.get('resources')}")
         return "ok"
 
-    def _op_heartbeat(self, conn, node_id: str, available: dict, pending: int):
+    def _op_heartbeat(self, conn, node_id: str, available: dict, pending: int,
+                      stats: dict | None = None):
         _require_role(conn, "node")
         _check_node_id(node_id)
-        if not isinstance(available, dict) or not isinstance(pending, int):
-            raise ValueError("heartbeat needs (node_id, {resource: free}, pending count)")
+        if not isinstance(available, dict) or not isinstance(pending, int) or \
+                not isinstance(stats, (dict, type(None))):
+            raise ValueError("heartbeat needs (node_id, {resource: free}, pending count, "
+                             "stats)")
         entry = self.nodes.get(node_id)
         if entry is None:
             return "unknown"          # a head restarted without its database: register again
@@ -145,6 +150,7 @@ class Head:
         entry.last_seen = time.monotonic()
         entry.available = available
         entry.pending = pending
+        entry.stats = stats or {}
         conn["node_id"] = node_id
         return "ok"
 
@@ -184,7 +190,7 @@ class Head:
     def _op_view(self, conn):
         """The alive nodes, for node agents: where to reach them, what they have."""
         _require_role(conn, "node")
-        return [e.row() for e in self.nodes.values() if e.state == ALIVE]
+        return [e.row(stats=False) for e in self.nodes.values() if e.state == ALIVE]
 
     def _op_status(self, conn):
         return {"head": {"host": self.host, "port": self.port, "pid": os.getpid(),

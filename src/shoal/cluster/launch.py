@@ -7,6 +7,7 @@ and records their pids there; ``stop`` ends exactly those processes
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -85,7 +86,12 @@ def _wait_for_node(address: str, token: str, proc: subprocess.Popen, log_path: s
 
 
 def start_head(host: str, port: int, num_cpus=None, num_gpus=None, resources=None,
-               storage: str | None = None) -> dict:
+               storage: str | None = None, dashboard_port: int | None = None,
+               dashboard_host: str | None = None) -> dict:
+    """The head and a node on this machine, and the dashboard if
+    ``dashboard_port`` is given (`shoal start --head` gives 8265) and its
+    extra is installed (else ``dashboard_note`` says why not). The dashboard listens on ``dashboard_host``
+    (default: the head's host, so loopback unless ``--host`` was given)."""
     state = StateDir().ensure()
     head = state.read_head()
     if head and psutil.pid_exists(head["pid"]) and head["pid"] in state.processes().values():
@@ -107,8 +113,36 @@ def start_head(host: str, port: int, num_cpus=None, num_gpus=None, resources=Non
     node = _spawn(state, name, _node_args(address, num_cpus, num_gpus, resources,
                                           state.token_path) + ["--head-node"])
     _wait_for_node(address, read_token(state.token_path), node, state.log_path(name))
-    return {"address": address, "token_file": state.token_path, "head_pid": proc.pid,
-            "node_pid": node.pid}
+    out = {"address": address, "token_file": state.token_path, "head_pid": proc.pid,
+           "node_pid": node.pid, "dashboard": None, "dashboard_pid": None}
+    if dashboard_port is not None:
+        out.update(_start_dashboard(state, address, dashboard_host or host, dashboard_port))
+    return out
+
+
+def _start_dashboard(state: StateDir, address: str, host: str, port: int) -> dict:
+    missing = [m for m in ("aiohttp", "prometheus_client") if importlib.util.find_spec(m) is None]
+    if missing:
+        return {"dashboard": None, "dashboard_note": f"no dashboard: it needs "
+                f"{' and '.join(missing)} (pip install 'shoal[dashboard]')"}
+    record = os.path.join(state.path, "dashboard.json")
+    try:
+        os.unlink(record)
+    except FileNotFoundError:
+        pass
+    proc = _spawn(state, "dashboard", ["shoal.dashboard", "--address", address, "--host",
+                                       "127.0.0.1" if host in ("", None) else host,
+                                       "--port", str(port), "--token-file", state.token_path])
+
+    def up():
+        try:
+            with open(record) as f:
+                info = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return info if info.get("pid") == proc.pid else None
+    info = _wait("the dashboard", up, proc, state.log_path("dashboard"))
+    return {"dashboard": info["url"], "dashboard_pid": proc.pid}
 
 
 def start_node(address: str, token_file=None, num_cpus=None, num_gpus=None,
@@ -133,11 +167,13 @@ def stop() -> list[str]:
     state = StateDir()
     stopped = []
     procs = state.processes()
-    ordered = sorted(procs.items(), key=lambda kv: kv[0] == "head")   # nodes first
+    # the dashboard first (a driver of the cluster), the head last
+    ordered = sorted(procs.items(), key=lambda kv: {"dashboard": 0, "head": 2}.get(kv[0], 1))
     for name, pid in ordered:
         try:
             p = psutil.Process(pid)
-            if not any("shoal.cluster" in part for part in p.cmdline()):
+            if not any(part.startswith(("shoal.cluster", "shoal.dashboard"))
+                       for part in p.cmdline()):
                 raise psutil.NoSuchProcess(pid)    # the pid was reused by someone else
             p.send_signal(signal.SIGTERM)
             try:

@@ -71,6 +71,10 @@ class DriverCore(Core):
     def send_spec(self, spec) -> None:
         self.node.submit(spec)
 
+    def send_metrics(self, updates: list) -> None:
+        with self.node.lock:
+            self.node.metrics.record(updates)
+
     def send_export(self, function_id: bytes, blob: bytes) -> None:
         with self.node.lock:
             self.node.functions[function_id] = blob

@@ -120,6 +120,9 @@ class WorkerCore(Core):
         except GetTimeoutError:
             return self.request("wait", ids, 0)
 
+    def send_metrics(self, updates: list) -> None:
+        self.send((m.METRICS, updates))
+
     def send_spec(self, spec) -> None:
         self.send((m.SUBMIT, spec.to_wire()))
 

@@ -247,6 +247,9 @@ class NodeActors:
     def _actor_created(self, actor: ActorRecord, rec: TaskRecord, results, freed) -> None:
         oid, value = results[0]
         self.history.append(ended_row(rec))      # this run of its creation (each restart too)
+        self.ended_count += 1
+        if rec.failure is not None:
+            self.failed_count += 1
         if value[0] == m.ERROR:
             actor.no_restart = True
             self._store(oid, value, freed)

@@ -107,7 +107,28 @@ class NodeIntrospection:
             "pid": os.getpid(), "resources": r.as_floats(r.total),
             "available": r.as_floats(r.available), "pending_tasks": sum(
                 1 for rec in self.tasks.values() if self._live_state(rec) in PENDING_STATES),
-            "is_head_node": True, "driver": not self.runs_tasks, "death_reason": None})]
+            "is_head_node": True, "driver": not self.runs_tasks, "death_reason": None,
+            "stats": self.stats()})]
+
+    def stats(self) -> dict:
+        """What the node's heartbeat tells the head besides its free
+        resources (and what its row in list_nodes shows): the store, the
+        workers, task counts, user metrics. Cheap: counts, no walk over
+        the tasks."""
+        running = sum(len(w.inflight) for w in self.workers.values())
+        queued = sum(len(q) for q in self.queues.values()) + len(self.pending_actors)
+        spill = self.spill
+        return {
+            "object_store_used": self.allocator.used_bytes,
+            "object_store_capacity": self.allocator.capacity,
+            "spilled_bytes": spill.bytes if spill is not None else 0,
+            "workers": sum(1 for w in self.workers.values() if w.proc is not None),
+            "tasks": {"waiting": max(0, len(self.tasks) - queued - running), "queued": queued,
+                      "running": running, "ended": self.ended_count,
+                      "failed": self.failed_count},
+            "metrics": self.metrics.rows(),
+            "metrics_refused": dict(self.metrics.refused),
+        }
 
     def _rows_drivers(self) -> list[dict]:
         """The jobs of drivers on this node: one in this process, connected
@@ -207,9 +228,9 @@ class NodeIntrospection:
                   rec=None) -> dict:
         (task_id, kind, name, actor_id, parent_id, submitted, ready, sent, start, end,
          failure, pid, where, forwarded, max_retries, retries_left, placement) = t
-        error_type = error_message = None
+        error_type = error_message = traceback = None
         if failure is not None:
-            error_type, error_message = _failure(failure, errors)
+            error_type, error_message, traceback = _failure(failure, errors)
         if state is None:
             state = "FAILED" if failure is not None else "FINISHED"
         sent_at = sent + wall if sent else 0.0
@@ -238,6 +259,7 @@ class NodeIntrospection:
             "end_time_ms": _ms(end) if state in ("FINISHED", "FAILED") else None,
             "error_type": error_type,
             "error_message": error_message,
+            "error_traceback": traceback,
             "forwarded": forwarded,           # an owner's view of a task a peer ran
             # the run to the microsecond, for the timeline
             "run_us": (int(start * 1e6), int(end * 1e6) if measured else None)
@@ -352,7 +374,7 @@ def _node_row(r: dict) -> dict:
             "resources_total": r.get("resources") or {},
             "resources_available": r.get("available") or {},
             "pending_tasks": r.get("pending_tasks", 0), "pid": r.get("pid"),
-            "state_message": r.get("death_reason")}
+            "state_message": r.get("death_reason"), "stats": r.get("stats") or {}}
 
 
 def _job_row(r: dict) -> dict:
@@ -383,7 +405,7 @@ def _failure(failure: tuple, errors: dict) -> tuple:
     """(type, message) of a task's failure: as its worker reported it, or
     decoded from the ERROR value the node ended it with (once per value:
     many tasks can share one)."""
-    if type(failure[0]) is str:
+    if type(failure[0]) is str:        # (type, message, traceback) from the worker
         return failure
     key = id(failure)
     if key not in errors:
@@ -394,18 +416,19 @@ def _failure(failure: tuple, errors: dict) -> tuple:
 def _decode_error(value: tuple) -> tuple:
     from ..serialization import deserialize
     if value[0] != m.ERROR:
-        return "UnknownError", "the task ended without a value"
+        return "UnknownError", "the task ended without a value", None
     try:
         err = deserialize(*value[1])
     except Exception as e:       # a user class this process cannot import
-        return "UnknownError", f"the error could not be read here ({type(e).__name__}: {e})"
+        return ("UnknownError", f"the error could not be read here ({type(e).__name__}: {e})",
+                None)
     cause = getattr(err, "cause", None)
     shown = cause if cause is not None else err
     try:
         message = str(shown)
     except Exception:
         message = ""
-    return type(shown).__name__, message[:2000]
+    return type(shown).__name__, message[:2000], getattr(err, "traceback_str", None)
 
 
 # ---------------------------------------------------------------- merging

@@ -37,6 +37,7 @@ from .lineage import NodeLineage
 from .loop import EventLoop
 from .memory import NodeMemory
 from .memory_monitor import MemoryMonitor
+from .metrics import MetricTable
 from .fetch import NodeFetch
 from .introspect import NodeIntrospection
 from .packages import NodePackages
@@ -97,6 +98,9 @@ class Node(NodeScheduling, NodeWorkerPool, NodeServices, NodeActors, NodePlaceme
         self.named: dict[tuple, bytes] = {}
         self.claims: dict[bytes, NameClaim] = {}   # named actor id -> its claim, until submitted
         self.history: deque = deque(maxlen=config.get("task_history_size"))  # ended_row()s
+        self.ended_count = 0                      # tasks ended here, and how many failed
+        self.failed_count = 0
+        self.metrics = MetricTable()              # user metrics its processes reported
         self.dead_workers: deque = deque(maxlen=1000)   # (WorkerRecord, exit, when), newest last
         self.driver_pid = None                    # set when a driver runs in this process
         self.started = time.time()
@@ -364,6 +368,9 @@ class Node(NodeScheduling, NodeWorkerPool, NodeServices, NodeActors, NodePlaceme
         self._worker_maybe_idle(w)
         self._schedule()
 
+    def _h_metrics(self, w, msg, freed) -> None:
+        self.metrics.record(msg[1])
+
     def _h_actor_exit(self, w, msg, freed) -> None:
         actor = w.actor
         if actor is not None:
@@ -372,7 +379,7 @@ class Node(NodeScheduling, NodeWorkerPool, NodeServices, NodeActors, NodePlaceme
 
     _handlers = {m.HELLO: _h_hello, m.SUBMIT: _h_submit, m.EXPORT: _h_export, m.REFS: _h_refs,
                  m.PUT: _h_put, m.DONE: _h_done, m.GEN_ITEM: _h_gen_item, m.CALL: _h_call,
-                 m.REVOKED: _h_revoked, m.ACTOR_EXIT: _h_actor_exit}
+                 m.REVOKED: _h_revoked, m.ACTOR_EXIT: _h_actor_exit, m.METRICS: _h_metrics}
 
     # -------------------------------------------------------------- results
     def _store(self, oid: bytes, value: tuple, freed: list) -> None:
@@ -432,6 +439,9 @@ class Node(NodeScheduling, NodeWorkerPool, NodeServices, NodeActors, NodePlaceme
         if spec.kind != ACTOR_CREATE or rec.failure is not None:
             # (a created actor's creation is kept when its run ends: _actor_created)
             self.history.append(ended_row(rec))
+            self.ended_count += 1
+            if rec.failure is not None:
+                self.failed_count += 1
         if self.memory_deadlines:
             self.memory_deadlines.pop(spec.task_id, None)
         objects = self.objects

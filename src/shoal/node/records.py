@@ -48,7 +48,7 @@ class TaskRecord:
         self.ready_at = 0.0         # time.time() when its arguments were all ready
         self.run_start = 0.0        # its run, as its worker measured it (time.time());
         self.run_end = 0.0          # for a task the node ended itself, the end only
-        self.failure = None         # (error type, message) from its worker, or the ERROR value
+        self.failure = None         # (type, message, traceback) from its worker, or ERROR value
 
 
 class _Nobody:
@@ -63,7 +63,7 @@ _NOBODY = _Nobody()
 def ended_row(rec: TaskRecord) -> tuple:      # hot: every task's end
     """What a node keeps of a task once it has ended (its history, read by
     node/introspect.py): one flat tuple of plain values (ids, numbers,
-    strings, the worker's (type, message) of a failure). Keeping it costs
+    strings, the worker's (type, message, traceback) of a failure). Keeping it costs
     one small allocation per task, never the task's argument bytes, and the
     garbage collector stops tracking such a tuple the first time it sees
     it; rows holding live objects stayed tracked and made every collection

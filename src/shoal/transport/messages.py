@@ -20,7 +20,7 @@ PROTOCOL_VERSION = 2
 HELLO = 1          # (HELLO, version, worker_id, pid)
 SUBMIT = 2         # (SUBMIT, spec_wire)                 task, actor creation or actor call
 DONE = 3           # (DONE, task_id, results, retryable, failure, start, end)
-                   #   results: [(object_id, value)]; failure: None or (error type, message);
+                   #   results: [(object_id, value)]; failure: None or (type, message, traceback);
                    #   start, end: the run by time.time(), 0.0 if it never ran
 GEN_ITEM = 4       # (GEN_ITEM, task_id, index, value)   one streamed generator item
 PUT = 5            # (PUT, object_id, value)
@@ -30,6 +30,8 @@ REVOKED = 8        # (REVOKED, task_ids)                 queued tasks given back
 EXPORT = 10        # (EXPORT, function_id, blob)         a function or class, pickled once
 ACTOR_READY = 11   # (ACTOR_READY, actor_id)
 ACTOR_EXIT = 12    # (ACTOR_EXIT, actor_id)              exit_actor() was called
+METRICS = 13       # (METRICS, updates)                  user metrics changed (util/metrics.py):
+                   #   [(name, tags, kind, description, boundaries, value)]
 
 # node -> worker --------------------------------------------------------------
 EXECUTE = 20       # (EXECUTE, spec_wire, function_blob|None, dep_values, assigned)

@@ -12,7 +12,7 @@ _LAZY = {
     "ActorPool": ("actor_pool", "ActorPool"),
 }
 
-_SUBMODULES = {"queue", "multiprocessing", "joblib", "state"}
+_SUBMODULES = {"queue", "multiprocessing", "joblib", "state", "metrics", "doctor", "timeline"}
 
 # imported eagerly: the function ``placement_group`` must win over the
 # submodule of the same name (importing a submodule sets the parent's attribute)

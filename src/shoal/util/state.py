@@ -30,7 +30,8 @@ DEFAULT_LIMIT = 100
 _ID_FIELDS = {"nodes": "node_id", "workers": "worker_id", "tasks": "task_id",
               "actors": "actor_id", "objects": "object_id",
               "placement_groups": "placement_group_id", "jobs": "job_id"}
-_BRIEF_HIDDEN = {"tasks": ("events", "forwarded", "pending_args", "run_us"), "actors": ("proxy",),
+_BRIEF_HIDDEN = {"tasks": ("events", "forwarded", "pending_args", "run_us", "error_traceback"),
+                 "actors": ("proxy",),
                  "placement_groups": ("is_owner",)}
 _OPS = ("=", "!=")
 

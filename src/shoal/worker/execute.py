@@ -110,19 +110,20 @@ def finish_error(core, spec: TaskSpec, exc: BaseException, tb: str | None = None
     value = error_value(core, spec.name, exc, tb)
     retryable = _retryable(spec, exc)
     return (m.DONE, spec.task_id, [(rid, value) for rid in spec.return_ids()], retryable,
-            failure_summary(exc))
+            failure_summary(exc, tb))
 
 
-def failure_summary(exc: BaseException) -> tuple:
-    """(type name, message) of the user's error, for the state API: the
-    original exception's, not the TaskError wrapping one from a nested task."""
+def failure_summary(exc: BaseException, tb: str) -> tuple:
+    """(type name, message, traceback) of the user's error, for the state
+    API: the original exception's, not the TaskError wrapping one from a
+    nested task (whose traceback text comes first)."""
     if isinstance(exc, TaskError) and exc.cause is not None:
         exc = exc.cause
     try:
         message = str(exc)
     except Exception:
         message = f"<{type(exc).__name__} whose str() failed>"
-    return type(exc).__name__, message[:2000]
+    return type(exc).__name__, message[:2000], tb[-8000:]
 
 
 def format_user_traceback(exc: BaseException) -> str:
@@ -177,7 +178,7 @@ class _Stream:
         value = error_value(self.core, self.spec.name, e, format_user_traceback(e))
         self.core.send((m.GEN_ITEM, self.spec.task_id, self.count, value))
         self.count += 1
-        self.failure = failure_summary(e)
+        self.failure = failure_summary(e, format_user_traceback(e))
 
     def done(self) -> tuple:
         rid = self.spec.return_ids()[0]

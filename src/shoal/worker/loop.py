@@ -24,6 +24,7 @@ from ..node.logs import LABEL_MARKER
 from ..scheduler.task import ACTOR_CALL, ACTOR_CREATE, TaskSpec
 from ..transport import messages as m
 from ..transport.framing import ConnectionClosed
+from ..util.metrics import _pending as user_metrics, report as report_metrics
 from .execute import (ActorExit, finish_error, finish_ok, is_streaming, prepare, run_streaming,
                       run_streaming_async)
 
@@ -173,6 +174,8 @@ class WorkerLoop:
             sys.stdout.flush()
             sys.stderr.flush()
         self.cancelled.discard(spec.task_id)
+        if user_metrics.changes:      # what the task recorded reaches the node before DONE
+            report_metrics(core)
         core.send(done + (started, time.time()))
 
     async def _execute_async(self, msg) -> None:
@@ -202,6 +205,8 @@ class WorkerLoop:
             done = finish_error(core, spec, e)
         finally:
             self.async_tasks.pop(spec.task_id, None)
+        if user_metrics.changes:
+            report_metrics(core)
         core.send(done + ((started, time.time()) if started else (0.0, 0.0)))
 
     def _actor_exit(self, spec) -> tuple:
