@@ -114,6 +114,9 @@ def shutdown() -> None:
             return
         _core_mod.set_core(None)
         core.shutdown()
+        from .node import progress
+        if progress._progress is not None:     # progress bars say their last
+            progress._progress.finish()
 
 
 def is_initialized() -> bool:

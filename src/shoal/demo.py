@@ -1,24 +1,32 @@
 """``shoal demo``: a short tour on the embedded cluster.
 
-1. A parallel Monte Carlo estimate of pi (tasks, numpy, a progress bar).
-2. A parameter sweep on actors (stateful workers, calls in flight at once).
+1. A parallel Monte Carlo estimate of pi (tasks, numpy, one progress bar
+   that all the tasks advance: shoal.util.tqdm).
+2. A parameter sweep on actors (stateful workers, calls in flight at once,
+   their progress in one bar).
 3. Zero-copy objects: one large array read by several tasks.
 """
 from __future__ import annotations
 
-import sys
 import time
 
 import numpy as np
 
 import shoal
+from shoal.util.tqdm import tqdm
+
+
+STEPS = 10      # each task advances the shared bar this many times
 
 
 @shoal.remote
 def sample_pi(n: int, seed: int) -> int:
     rng = np.random.default_rng(seed)
-    xy = rng.random((n, 2))
-    return int(((xy ** 2).sum(axis=1) <= 1.0).sum())
+    hits = 0
+    for _ in tqdm(range(STEPS), desc="sampling"):      # one bar for all 40 tasks
+        xy = rng.random((n // STEPS, 2))
+        hits += int(((xy ** 2).sum(axis=1) <= 1.0).sum())
+    return hits
 
 
 @shoal.remote
@@ -32,10 +40,11 @@ class Trainer:
 
     def fit(self, lr: float, steps: int = 3000) -> tuple[float, float]:
         w = b = 0.0
-        for _ in range(steps):
-            err = w * self.x + b - self.y
-            w -= lr * float((err * self.x).mean())
-            b -= lr * float(err.mean())
+        for _ in tqdm(range(steps // 100), desc="training"):
+            for _ in range(100):
+                err = w * self.x + b - self.y
+                w -= lr * float((err * self.x).mean())
+                b -= lr * float(err.mean())
         loss = float(((w * self.x + b - self.y) ** 2).mean())
         return lr, loss
 
@@ -43,24 +52,6 @@ class Trainer:
 @shoal.remote
 def column_mean(data: np.ndarray, col: int) -> float:
     return float(data[:, col].mean())
-
-
-def progress(refs: list, label: str) -> list:
-    """Wait for ``refs`` while drawing a bar; returns their values in order."""
-    pending = list(refs)
-    total = len(refs)
-    width = 30
-    live = sys.stdout.isatty()
-    while pending:
-        _, pending = shoal.wait(pending, num_returns=min(len(pending), max(1, len(pending) // 8)),
-                                timeout=0.2)
-        done = total - len(pending)
-        bar = "#" * (width * done // total) + "." * (width - width * done // total)
-        if live or not pending:
-            sys.stdout.write(f"\r  {label:<22} [{bar}] {done}/{total}")
-            sys.stdout.flush()
-    sys.stdout.write("\n")
-    return shoal.get(refs)
 
 
 def run_demo(num_cpus: int | None = None, samples: int = 20_000_000) -> int:
@@ -74,7 +65,8 @@ def run_demo(num_cpus: int | None = None, samples: int = 20_000_000) -> int:
     chunks = 40
     per = samples // chunks
     t = time.perf_counter()
-    hits = progress([sample_pi.remote(per, seed) for seed in range(chunks)], "sampling")
+    per -= per % STEPS
+    hits = shoal.get([sample_pi.remote(per, seed) for seed in range(chunks)])
     pi = 4 * sum(hits) / (per * chunks)
     print(f"  pi ~ {pi:.5f} from {per * chunks:,} samples in {time.perf_counter() - t:.2f} s\n")
 
@@ -83,7 +75,7 @@ def run_demo(num_cpus: int | None = None, samples: int = 20_000_000) -> int:
     rates = [0.003, 0.01, 0.03, 0.1, 0.3, 0.6, 1.0, 1.5]
     t = time.perf_counter()
     refs = [trainers[i % cpus].fit.remote(lr) for i, lr in enumerate(rates)]
-    results = progress(refs, "training")
+    results = shoal.get(refs)
     best_lr, best_loss = min(results, key=lambda r: r[1])
     for lr, loss in results:
         mark = "  <- best" if lr == best_lr else ""

@@ -227,3 +227,30 @@ def test_shoal_doctor_explains_a_task_no_node_can_run(cluster, driver):
     out = cli("doctor")
     assert out.returncode == 0 and "[infeasible]" in out.stdout and "can never be" in out.stdout
     shoal.cancel(stuck)
+
+
+@shoal.remote
+def advance(n):
+    from shoal.util.tqdm import tqdm
+    for _ in tqdm(range(n), desc="remote work", flush_interval_s=0.0):
+        pass
+    return node_id()
+
+
+@pytest.mark.timeout(90)
+def test_a_progress_bar_advanced_on_two_nodes_is_one_bar_in_the_driver(cluster, driver):
+    """Tasks on the head's node and on b report through their nodes (b's
+    over its link) to this driver, which sums them into one bar."""
+    from shoal.node.progress import driver_progress
+    b = cluster.add("b")
+    driver()
+    cluster.wait_linked()
+    where = shoal.get([advance.options(resources={"at_b": 0.01}).remote(6),
+                       advance.options(resources={"at_head": 0.01}).remote(4)],
+                      timeout=GET_TIMEOUT)
+    assert where == [b, cluster.ids["head"]]
+
+    def summed():
+        bar = driver_progress().bars.get("remote work")
+        return bar is not None and bar.totals() == (10, 10, True)
+    wait_for(summed, timeout=30, what="one bar summing both nodes' tasks")

@@ -16,18 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
 
 from .. import config
-from ..transport.framing import HEADER
-from .auth import AuthError, find_token, server_handshake
+from .auth import AuthError, find_token
 from .client import HeadClient, HeadRequests
+from .driver_socket import DriverListener
 from .peering import Fetcher, PeerListener
 from .state import StateDir
 
@@ -52,64 +50,9 @@ class Agent:
         self.info = {"host": socket.gethostname(), "pid": os.getpid(),
                      "resources": self.node.total_resources, "is_head_node": is_head_node,
                      "driver": driver}
-        if not driver:
-            threading.Thread(target=self._listen_for_drivers, daemon=True,
-                             name="shoal-driver-listener").start()
+        # drivers on this machine connect here (not to a driver's own node)
+        self.drivers = None if driver else DriverListener(node, token, is_head_node, log)
         self.peer_listener = None       # other nodes' links and fetches, once we know our address
-
-    # ------------------------------------------------------------ drivers
-    def _listen_for_drivers(self) -> None:
-        """Drivers on this machine connect over a Unix socket in the state
-        directory, prove the token, and receive the object store's memfd
-        (SCM_RIGHTS): from then on they talk to the node as workers do."""
-        state = StateDir().ensure()
-        os.makedirs(state.sockets_dir, mode=0o700, exist_ok=True)
-        node_hex = self.node.node_id.hex()
-        path = state.node_socket(node_hex)
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        srv.bind(path)
-        os.chmod(path, 0o600)
-        srv.listen(64)
-        srv.settimeout(0.5)
-        record = path[:-5] + ".json"
-        with open(record, "w") as f:
-            json.dump({"socket": path, "pid": os.getpid(), "node_id": node_hex,
-                       "is_head_node": self.info["is_head_node"]}, f)
-        try:
-            while not self.stop_event.is_set():
-                try:
-                    conn, _ = srv.accept()
-                except socket.timeout:
-                    continue
-                threading.Thread(target=self._accept_driver, args=(conn,), daemon=True).start()
-        finally:
-            srv.close()
-            for p in (path, record):
-                try:
-                    os.unlink(p)
-                except FileNotFoundError:
-                    pass
-
-    def _accept_driver(self, conn: socket.socket) -> None:
-        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        pid = struct.unpack("3i", creds)[0]
-        try:
-            server_handshake(conn, self.token, "driver", config.get("handshake_timeout_s"))
-            node = self.node
-            setup = pickle.dumps({"arena_size": node.arena.size, "node_id": node.node_id,
-                                  "namespace": node.namespace}, protocol=5)
-            socket.send_fds(conn, [HEADER.pack(len(setup)) + setup], [node.arena.fd])
-            conn.settimeout(None)
-        except (AuthError, OSError, ConnectionError) as e:
-            log(f"refused a driver connection from pid {pid}: {e}")
-            conn.close()
-            return
-        self.node.attach_driver(conn, pid)
-        log(f"driver pid {pid} connected")
 
     def _register(self, client: HeadClient) -> None:
         if self.peer_listener is None:
@@ -156,6 +99,8 @@ class Agent:
                 log(f"cannot join {self.address}: {e}")
                 if self.peer_listener is not None:
                     self.peer_listener.stop()
+                if self.drivers is not None:
+                    self.drivers.stop()
                 self.node.stop()
                 raise SystemExit(1)
             except (OSError, ConnectionError, ValueError) as e:
@@ -165,6 +110,8 @@ class Agent:
                     backoff = min(backoff * 2, 2.0)
         if self.peer_listener is not None:
             self.peer_listener.stop()
+        if self.drivers is not None:
+            self.drivers.stop()
         self.node.stop()
 
     def _load(self) -> tuple[dict, int, dict]:

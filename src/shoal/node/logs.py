@@ -15,8 +15,11 @@ from __future__ import annotations
 import os
 import sys
 
+from .progress import PROGRESS_MARKER, driver_progress
+
 LABEL_MARKER = b"\x1bshoal-label:"
 TASK_MARKER = b"\x1bshoal-task:"
+PROGRESS_BYTES = PROGRESS_MARKER.encode()
 MAX_LOG_READ = 1 << 20          # bytes one logs request returns at most
 
 
@@ -80,6 +83,9 @@ class StreamRelay:
                     self.label = line.partition(b" ")[2].decode("utf-8", "replace")
                     kept.append(line)
                     continue
+                if line.startswith(PROGRESS_BYTES):    # a progress bar's report: for drivers
+                    out.append(line.decode("utf-8", "replace") + "\n")
+                    continue
             kept.append(line)
             out.append(f"({self.label} pid={self.pid}) {line.decode('utf-8', 'replace')}\n")
         if kept and self.log is not None:
@@ -91,22 +97,35 @@ class StreamRelay:
         if out and self.sink is not None:
             self.sink(self.to_stderr, "".join(out))
         if out and self.enabled:
-            stream = sys.stderr if self.to_stderr else sys.stdout
-            try:
-                stream.write("".join(out))
-                stream.flush()
-            except (ValueError, OSError):
-                pass  # the driver's stream is closed (interpreter exit)
+            write_output(self.to_stderr, "".join(out))
 
 
 def write_output(to_stderr: bool, text: str) -> None:
-    """Workers' output that reached a driver process: show it there."""
+    """Workers' output that reached a driver's terminal (relayed here, or
+    sent from the node it is connected to): progress reports go to the
+    driver's bars, the rest is printed."""
+    if PROGRESS_MARKER in text:
+        progress = driver_progress()
+        text = "".join(line for line in text.splitlines(keepends=True)
+                       if not progress.marker(line.rstrip("\n")))
+        if not text:
+            return
+    progress = driver_progress() if _bars_shown() else None
+    if progress is not None:
+        progress.before_output()
     stream = sys.stderr if to_stderr else sys.stdout
     try:
         stream.write(text)
         stream.flush()
     except (ValueError, OSError):
-        pass
+        pass  # the driver's stream is closed (interpreter exit)
+    if progress is not None:
+        progress.after_output()
+
+
+def _bars_shown() -> bool:
+    from . import progress
+    return progress._progress is not None and bool(progress._progress.bars)
 
 
 def open_log(directory: str, pid: int, to_stderr: bool):

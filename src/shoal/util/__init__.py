@@ -12,7 +12,8 @@ _LAZY = {
     "ActorPool": ("actor_pool", "ActorPool"),
 }
 
-_SUBMODULES = {"queue", "multiprocessing", "joblib", "state", "metrics", "doctor", "timeline"}
+_SUBMODULES = {"queue", "multiprocessing", "joblib", "state", "metrics", "doctor", "timeline",
+               "tqdm"}
 
 # imported eagerly: the function ``placement_group`` must win over the
 # submodule of the same name (importing a submodule sets the parent's attribute)
