@@ -51,6 +51,7 @@ def child_env() -> dict:
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(REPO / "src"), env.get("PYTHONPATH")) if p)
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network here anyway
+    env["SHOAL_INCLUDE_DASHBOARD"] = "0"   # as ray.init(include_dashboard=False): runtime only
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

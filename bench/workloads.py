@@ -130,9 +130,8 @@ def _add_list(xs):
 
 
 def ray_init(ray, **extra):
-    kwargs = {"num_cpus": NUM_CPUS, **extra}
-    if ray.__name__ == "ray":
-        kwargs["include_dashboard"] = False
+    # neither system starts its dashboard: the rows time the runtime
+    kwargs = {"num_cpus": NUM_CPUS, "include_dashboard": False, **extra}
     ray.init(**kwargs)
 
 

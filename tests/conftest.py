@@ -9,6 +9,10 @@ import time
 import psutil
 import pytest
 
+# Local clusters in tests start no dashboard (tests/cluster/test_dashboard.py
+# turns it on where it is the subject); set before any test starts shoal.
+os.environ.setdefault("SHOAL_INCLUDE_DASHBOARD", "0")
+
 
 def wait_for(condition, timeout: float = 10.0, interval: float = 0.01, what: str = "condition"):
     """Poll ``condition`` until it is truthy or ``timeout`` passes (then fail)."""

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 import warnings
+
+from . import config
 
 
 from . import core as _core_mod
@@ -88,8 +91,30 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         core = DriverCore(node, ns)
         _core_mod.set_core(core)
         atexit.register(shutdown)
+        _open_doors(core, kwargs)
         _ship_working_dir(core, working_dir)
         return _info(core)
+
+
+def _open_doors(core, kwargs: dict) -> None:
+    """The local cluster's driver socket and dashboard (cluster/local.py)."""
+    if not config.get("local_driver_socket"):
+        return
+    dashboard = kwargs.get("include_dashboard")
+    if dashboard is None:
+        dashboard = config.get("include_dashboard")
+    from .cluster.local import LocalDoors
+    try:
+        core.doors = LocalDoors(core.node, bool(dashboard),
+                                kwargs.get("dashboard_host") or "127.0.0.1",
+                                int(kwargs.get("dashboard_port") or 8265))
+    except OSError as e:              # a read-only state directory: the cluster still works
+        warnings.warn(f"shoal: other processes cannot reach this local cluster ({e})",
+                      stacklevel=3)
+        return
+    if core.doors.url:
+        print(f"shoal: dashboard at {core.doors.login_url} (the link logs you in once)",
+              file=sys.stderr, flush=True)
 
 
 def _ship_working_dir(core, working_dir: str | None) -> None:
@@ -102,8 +127,10 @@ def _ship_working_dir(core, working_dir: str | None) -> None:
 
 
 def _info(core, address: str = "local") -> InitInfo:
+    doors = getattr(core, "doors", None)
     return InitInfo(node_id=core.node_id.hex(), job_id=core.job_id.hex(),
-                    namespace=core.namespace, address=address, dashboard_url=None)
+                    namespace=core.namespace, address=address,
+                    dashboard_url=doors.url if doors is not None else None)
 
 
 def shutdown() -> None:

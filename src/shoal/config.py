@@ -95,6 +95,14 @@ SETTINGS = {s.name: s for s in [
     Setting("metrics_report_interval_s", float, 1.0,
             "A worker hands its user metrics (shoal.util.metrics) to its node when a "
             "task ends, or this long after an update while a task runs."),
+    Setting("include_dashboard", bool, True,
+            "shoal.init() of a local cluster starts the web dashboard (if the dashboard "
+            "extra is installed) on loopback, and prints its address; "
+            "init(include_dashboard=False) or 0 here turns it off."),
+    Setting("local_driver_socket", bool, True,
+            "A local cluster (shoal.init()) listens on a Unix socket in the state directory "
+            "(0600, with a token of its own) so that `shoal list`, the dashboard and "
+            "init(address=\"auto\") in other processes of this user reach it."),
     Setting("worker_skip_site", bool, True,
             "Start workers with `python -S` and the driver's sys.path, skipping the "
             "site module's .pth processing (saves ~100 ms per worker start)."),

@@ -13,9 +13,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import urllib.error
 import urllib.request
+from http.cookiejar import CookieJar
 from urllib.parse import urlparse
 
 import cloudpickle
@@ -144,8 +146,7 @@ def test_the_api_and_metrics_need_the_token_and_show_the_workload(dashboard_clus
 @pytest.mark.timeout(60)
 def test_login_sets_a_cookie_and_a_wrong_token_is_refused(dashboard_cluster):
     url, token = dashboard_cluster
-    import http.cookiejar
-    jar = http.cookiejar.CookieJar()
+    jar = CookieJar()
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
     with opener.open(url + "/", timeout=30) as r:       # redirected to the login page
         assert r.url.endswith("/login") and "Cluster token" in r.read().decode()
@@ -283,3 +284,61 @@ def test_the_pages_in_a_browser(dashboard_cluster, browser, tmp_path):
     shoal.cancel(stuck)
     touch(gate)
     assert shoal.get(running, timeout=60)
+
+
+# ---------------------------------------------------- a local cluster's
+@pytest.mark.timeout(90)
+def test_a_local_cluster_prints_its_dashboard_and_others_reach_it(cluster_env, capfd):
+    """shoal.init() on one machine: the dashboard's one-time link logs in
+    once; `shoal list` in another process sees this cluster's tasks;
+    shutdown ends the dashboard and removes the socket, token and records."""
+    import psutil
+    info = shoal.init(num_cpus=2, include_dashboard=True, dashboard_port=0)
+    try:
+        url = info["dashboard_url"]
+        err = capfd.readouterr().err
+        link = next(w for w in err.split() if w.startswith(url + "/login?code="))
+        token = shoal.core.get_core().doors.token
+        assert token not in err
+        shoal.get(plus_one_here.remote(1))
+
+        def up():
+            try:
+                return http(url + "/api/nodes", token)[0] == 200
+            except OSError:
+                return False
+        wait_for(up, timeout=30, interval=0.2, what="the local dashboard")
+        jar = CookieJar()
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+        with opener.open(link, timeout=30) as r:       # logged in by the link
+            assert urlparse(r.url).path == "/" and [c.name for c in jar] == ["shoal_session"]
+        other = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(CookieJar()))
+        with other.open(link, timeout=30) as r:        # ...once
+            assert urlparse(r.url).path == "/login"
+        out = subprocess.run([sys.executable, "-m", "shoal.cli", "list", "tasks"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert "plus_one_here" in out.stdout and "FINISHED" in out.stdout
+        dashboard = shoal.core.get_core().doors.proc.pid
+    finally:
+        shoal.shutdown()
+    assert not psutil.pid_exists(dashboard) or psutil.Process(dashboard).status() == "zombie"
+    nodes_dir = os.path.join(StateDir().path, "nodes")
+    assert not os.path.exists(nodes_dir) or os.listdir(nodes_dir) == []
+
+
+@pytest.mark.timeout(60)
+def test_include_dashboard_false_starts_none(cluster_env, capfd):
+    info = shoal.init(num_cpus=1, include_dashboard=False)
+    try:
+        assert info["dashboard_url"] is None
+        assert shoal.core.get_core().doors.proc is None
+        assert "dashboard" not in capfd.readouterr().err
+    finally:
+        shoal.shutdown()
+
+
+@shoal.remote
+def plus_one_here(x):
+    return x + 1

@@ -254,3 +254,27 @@ def test_a_progress_bar_advanced_on_two_nodes_is_one_bar_in_the_driver(cluster, 
         bar = driver_progress().bars.get("remote work")
         return bar is not None and bar.totals() == (10, 10, True)
     wait_for(summed, timeout=30, what="one bar summing both nodes' tasks")
+
+
+@shoal.remote
+def counted(n):
+    from shoal.util.metrics import Counter
+    Counter("rows_read", "rows read", tag_keys=("source",)).inc(n, tags={"source": "s3"})
+    return node_id()
+
+
+@pytest.mark.timeout(90)
+def test_user_metrics_from_another_node_reach_the_prometheus_text(cluster, driver):
+    """A counter incremented in a task on b reaches b's node, b's heartbeat
+    carries it to the head, and the exported text has it under b's NodeId."""
+    pytest.importorskip("prometheus_client", reason="the dashboard extra is not installed")
+    from shoal.dashboard import prometheus
+    b = cluster.add("b")
+    driver()
+    cluster.wait_linked()
+    assert shoal.get(counted.options(resources={"at_b": 0.01}).remote(7),
+                     timeout=GET_TIMEOUT) == b
+    line = f'shoal_rows_read_total{{NodeId="{b}",source="s3"}} 7.0'
+    text = wait_for(lambda: line in (t := prometheus.render(state.list_nodes()).decode()) and t,
+                    timeout=30, interval=0.2, what="b's counter in the exported text")
+    assert f'shoal_node_workers{{NodeId="{cluster.ids["head"]}"}}' in text

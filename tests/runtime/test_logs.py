@@ -41,12 +41,17 @@ def test_each_task_reads_back_only_what_it_printed(shoal_cluster):
     by_tag = {}
     for ref, tag in zip(refs, ("alpha", "beta", "gamma")):
         by_tag[tag] = rows[ref.hex()[:24]]
-    assert "".join(get_log(task_id=by_tag["alpha"]["task_id"])) == \
-        "alpha line 0\nalpha line 1\nalpha line 2\n"
-    # beta's last line had no newline: gamma's output still starts on a line of its own
-    assert "".join(get_log(task_id=by_tag["beta"]["task_id"])) == "beta line 0\nbeta line 1\n"
-    assert "".join(get_log(task_id=by_tag["gamma"]["task_id"])) == "gamma line 0\n"
-    assert "".join(get_log(task_id=by_tag["gamma"]["task_id"], err=True)) == "gamma to stderr\n"
+    def reads(tag, expected, err=False):
+        # (a worker's output reaches its log as the node reads the pipe, which
+        # may be just after the task's result arrived)
+        wait_for(lambda: "".join(get_log(task_id=by_tag[tag]["task_id"], err=err)) == expected,
+                 timeout=30, what=f"{tag}'s output in its worker's log")
+    reads("alpha", "alpha line 0\nalpha line 1\nalpha line 2\n")
+    # beta's last line had no newline: it is kept all the same, and gamma's
+    # output still starts on a line of its own
+    reads("beta", "beta line 0\nbeta line 1\n")
+    reads("gamma", "gamma line 0\n")
+    reads("gamma", "gamma to stderr\n", err=True)
     if len(set(pids)) == 1:             # one worker ran all three: its whole output
         whole = "".join(get_log(pid=pids[0]))
         assert whole.index("alpha line 2") < whole.index("beta line 0") < \

@@ -19,6 +19,7 @@ import pickle
 import socket
 import struct
 import threading
+import time
 
 from .. import config
 from ..transport.framing import HEADER
@@ -46,7 +47,7 @@ class DriverListener:
         self.srv.listen(64)
         self.srv.settimeout(0.5)
         info = {"socket": self.path, "pid": os.getpid(), "node_id": node_hex,
-                "is_head_node": is_head_node}
+                "is_head_node": is_head_node, "started": time.time()}
         if token_file is not None:
             info["token_file"] = token_file          # a local cluster's own token
         fd = os.open(self.record, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

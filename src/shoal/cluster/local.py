@@ -44,6 +44,7 @@ class LocalDoors:
         self.http = None
         self.url = None
         self.code_file = None
+        self.log_path = os.path.join(state.sockets_dir, f"{node.node_id.hex()[:16]}.dashboard.log")
         if dashboard and all(importlib.util.find_spec(m) is not None
                              for m in ("aiohttp", "prometheus_client")):
             self.http = _bind(dashboard_host, dashboard_port)
@@ -62,7 +63,7 @@ class LocalDoors:
         if self.stopped or self.http is None:
             return
         fd = self.http.fileno()
-        log = open(os.path.join(StateDir().path, f"dashboard-{os.getpid()}.log"), "ab")
+        log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "shoal.dashboard", "--address",
@@ -87,7 +88,7 @@ class LocalDoors:
         if self.http is not None:
             self.http.close()
         self.drivers.stop()
-        for path in (self.token_file, self.code_file):
+        for path in (self.token_file, self.code_file, self.log_path):
             if path:
                 try:
                     os.unlink(path)

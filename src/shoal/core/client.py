@@ -113,23 +113,32 @@ def join_as_driver(address: str, namespace: str | None):
 def connect(address: str, namespace: str | None = None) -> ClientCore:
     """Connect to the node agent on this machine for cluster ``address``
     ("auto", or the head's HOST:PORT as `shoal start --head` printed it)."""
-    from ..cluster.auth import client_handshake, find_token
+    from ..cluster.auth import client_handshake, find_token, read_token
     from ..cluster.state import StateDir
     state = StateDir()
-    head = state.read_head()
-    nodes = [n for n in state.local_nodes() if psutil.pid_exists(n["pid"])]
-    if address != "auto" and (not nodes or head is None
-                              or address.rpartition(":")[2] != str(head["port"])):
-        return join_as_driver(address, namespace)
-    if not nodes:
-        raise ConnectionError(
-            "no running shoal node on this machine: start a cluster with `shoal start --head` "
-            f"(state directory {state.path}), or call shoal.init() without an address")
+    if address.startswith("unix://"):          # a node's driver socket, by path
+        path, token = address[len("unix://"):], find_token(None)
+    else:
+        head = state.read_head()
+        nodes = [n for n in state.local_nodes() if psutil.pid_exists(n["pid"])]
+        agents = [n for n in nodes if "token_file" not in n]
+        if address != "auto" and (not agents or head is None
+                                  or address.rpartition(":")[2] != str(head["port"])):
+            return join_as_driver(address, namespace)
+        if not nodes:
+            raise ConnectionError(
+                "no running shoal node on this machine: start a cluster with `shoal start "
+                f"--head` (state directory {state.path}), or call shoal.init() without an "
+                f"address")
+        # a cluster's agent first; else the newest local cluster (shoal.init() elsewhere)
+        chosen = agents[0] if agents else max(nodes, key=lambda n: n.get("started", 0))
+        path = chosen["socket"]
+        token = read_token(chosen["token_file"]) if "token_file" in chosen else find_token(None)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(10)
     try:
-        sock.connect(nodes[0]["socket"])
-        client_handshake(sock, find_token(None), "driver")
+        sock.connect(path)
+        client_handshake(sock, token, "driver")
         data, fds, _, _ = socket.recv_fds(sock, 1 << 16, 1)
         if not fds or len(data) < 4:
             raise ConnectionError("the node sent no object store")

@@ -112,9 +112,12 @@ class DriverCore(Core):
         return self._service_future("generator_next", (task_id, index), lambda v: v)
 
     agent = None        # the Agent joining this driver's node to a cluster (core/client.py)
+    doors = None        # a local cluster's driver socket and dashboard (cluster/local.py)
     agent_thread = None
 
     def shutdown(self) -> None:
+        if self.doors is not None:          # the local cluster's socket and dashboard
+            self.doors.stop()
         if self.agent is not None:
             self.agent.stop_event.set()
             self.agent_thread.join(timeout=10)

@@ -22,6 +22,12 @@ def main(argv=None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8265)
     p.add_argument("--token-file", default=None)
+    p.add_argument("--fd", type=int, default=None,
+                   help="serve on this inherited listening socket (a local cluster's)")
+    p.add_argument("--login-code-file", default=None,
+                   help="a one-time login code (read, then removed)")
+    p.add_argument("--no-record", action="store_true",
+                   help="write no dashboard.json (a local cluster's dashboard)")
     args = p.parse_args(argv)
 
     import shoal
@@ -32,18 +38,29 @@ def main(argv=None) -> int:
     token = find_token(args.token_file)
     if args.token_file:
         os.environ["SHOAL_TOKEN"] = token      # this process's own driver connection
+    code = None
+    if args.login_code_file:
+        with open(args.login_code_file) as f:
+            code = f.read().strip()
+        os.unlink(args.login_code_file)
     shoal.init(address=args.address, log_to_driver=False)
-    sock = _listen(args.host, args.port)
+    if args.fd is not None:
+        sock = socket.socket(fileno=args.fd)
+        sock.setblocking(False)
+    else:
+        sock = _listen(args.host, args.port)
     address = url(sock)
-    record = os.path.join(StateDir().ensure().path, "dashboard.json")
+    record = None if args.no_record else os.path.join(StateDir().ensure().path,
+                                                      "dashboard.json")
 
     def ready():
-        with open(record, "w") as f:
-            json.dump({"url": address, "pid": os.getpid()}, f)
+        if record is not None:
+            with open(record, "w") as f:
+                json.dump({"url": address, "pid": os.getpid()}, f)
         print(f"shoal dashboard at {address}", flush=True)
 
     async def run():
-        task = asyncio.ensure_future(serve(token, sock, ready))
+        task = asyncio.ensure_future(serve(token, sock, ready, code))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
@@ -61,10 +78,11 @@ def main(argv=None) -> int:
     try:
         asyncio.run(run())
     finally:
-        try:
-            os.unlink(record)
-        except FileNotFoundError:
-            pass
+        if record is not None:
+            try:
+                os.unlink(record)
+            except FileNotFoundError:
+                pass
         shoal.shutdown()
     return 0
 

@@ -35,9 +35,10 @@ def session_value(token: str) -> str:
 
 
 class Dashboard:
-    def __init__(self, token: str):
+    def __init__(self, token: str, login_code: str | None = None):
         self.session = session_value(token)
         self.bearer = "Bearer " + token
+        self.login_code = login_code        # a local cluster's one-time link, until used
         self.pool = ThreadPoolExecutor(4, thread_name_prefix="shoal-dashboard")
 
     async def call(self, fn, *args, **kwargs):
@@ -62,7 +63,17 @@ class Dashboard:
         raise web.HTTPFound("/login")
 
     async def login_page(self, request: web.Request) -> web.Response:
+        code = request.query.get("code")
+        if code is not None and self.login_code is not None and \
+                hmac.compare_digest(code, self.login_code):
+            self.login_code = None          # the printed link works once
+            return self._logged_in()
         return web.FileResponse(STATIC / "login.html")
+
+    def _logged_in(self):
+        response = web.HTTPFound("/")
+        response.set_cookie(COOKIE, self.session, httponly=True, samesite="Strict")
+        raise response
 
     async def login(self, request: web.Request) -> web.Response:
         form = await request.post()
@@ -72,9 +83,7 @@ class Dashboard:
                                 text=(STATIC / "login.html").read_text().replace(
                                     "<!--error-->", '<p class="error">That is not the '
                                     'cluster token.</p>'))
-        response = web.HTTPFound("/")
-        response.set_cookie(COOKIE, self.session, httponly=True, samesite="Strict")
-        raise response
+        return self._logged_in()
 
     # -------------------------------------------------------------- API
     async def index(self, request: web.Request) -> web.Response:
@@ -170,9 +179,9 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-async def serve(token: str, sock, ready=None) -> None:
+async def serve(token: str, sock, ready=None, login_code: str | None = None) -> None:
     """Serve on the listening socket ``sock`` until cancelled."""
-    runner = web.AppRunner(Dashboard(token).app(), access_log=None)
+    runner = web.AppRunner(Dashboard(token, login_code).app(), access_log=None)
     await runner.setup()
     site = web.SockSite(runner, sock)
     await site.start()

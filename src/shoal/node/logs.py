@@ -24,7 +24,8 @@ MAX_LOG_READ = 1 << 20          # bytes one logs request returns at most
 
 
 class StreamRelay:
-    __slots__ = ("fd", "pid", "to_stderr", "label", "partial", "enabled", "sink", "log")
+    __slots__ = ("fd", "pid", "to_stderr", "label", "partial", "enabled", "sink", "log",
+                 "logged")
 
     def __init__(self, fd: int, pid: int, to_stderr: bool, enabled: bool, sink=None,
                  log=None):
@@ -36,6 +37,7 @@ class StreamRelay:
         self.enabled = enabled      # write to this process's terminal
         self.sink = sink            # and/or hand to sink(to_stderr, text): connected drivers
         self.log = log              # the worker's log file for this stream (binary), or None
+        self.logged = 0             # bytes of ``partial`` already in the log
 
     def read(self):
         """Relay what is readable: True if something was, None if nothing is
@@ -50,12 +52,28 @@ class StreamRelay:
             if self.partial:
                 self._emit([self.partial])
                 self.partial = b""
+                self.logged = 0
             return False
         data = self.partial + data
         lines = data.split(b"\n")
         self.partial = lines.pop()
-        self._emit(lines)
+        if lines:
+            self._emit(lines)
+            self.logged = 0         # the line it had begun is complete now
+        if self.partial and self.log is not None and not self.partial.startswith(b"\x1bshoal-"):
+            # a line without its end yet (print(end="")): the terminal waits
+            # for the rest, the log file takes it now (the next task's output
+            # may come from another worker, and this one may print no more)
+            self._log(self.partial[self.logged:])
+            self.logged = len(self.partial)
         return True
+
+    def _log(self, data: bytes) -> None:
+        try:
+            self.log.write(data)
+            self.log.flush()
+        except (OSError, ValueError):
+            self.log = None     # the disk is full or the file went: keep relaying
 
     def close_log(self) -> None:
         if self.log is not None:
@@ -89,11 +107,10 @@ class StreamRelay:
             kept.append(line)
             out.append(f"({self.label} pid={self.pid}) {line.decode('utf-8', 'replace')}\n")
         if kept and self.log is not None:
-            try:
-                self.log.write(b"\n".join(kept) + b"\n")
-                self.log.flush()
-            except (OSError, ValueError):
-                self.log = None     # the disk is full or the file went: keep relaying
+            data = b"\n".join(kept) + b"\n"
+            if self.logged and kept[0] is lines[0]:
+                data = data[self.logged:]       # its start went to the log already
+            self._log(data)
         if out and self.sink is not None:
             self.sink(self.to_stderr, "".join(out))
         if out and self.enabled:
