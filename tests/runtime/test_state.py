@@ -274,3 +274,11 @@ def test_the_history_keeps_the_newest_tasks(monkeypatch):
         assert sorted(r["task_id"] for r in rows) == sorted(r.hex()[:24] for r in refs[-10:])
     finally:
         shoal.shutdown()
+
+
+def test_a_limit_keeps_the_newest_tasks(shoal_cluster):
+    refs = [plus_one.remote(i) for i in range(30)]
+    shoal.get(refs)
+    rows = state.list_tasks(limit=5)
+    assert [r["task_id"] for r in rows] == [r.hex()[:24] for r in refs[-5:]]
+    assert state.list_tasks(limit=0) == []

@@ -86,7 +86,8 @@ def run(args) -> int:
             else:
                 print(format_table(rows, COLUMNS[kind] if not args.detail else None))
                 if len(rows) == args.limit:
-                    print(f"(the first {args.limit}; --limit shows more)")
+                    which = "newest" if kind == "tasks" else "first"
+                    print(f"(the {which} {args.limit}; --limit shows more)")
         elif args.command == "summary":
             result = getattr(state, f"summarize_{args.kind}")()
             if args.format == "json":

@@ -42,13 +42,20 @@ def _ms(t: float) -> int | None:
 
 class NodeIntrospection:
     # ------------------------------------------------------------- service
-    def _svc_state(self, client, request_id, reply, kind: str, everywhere: bool = True) -> None:
+    def _svc_state(self, client, request_id, reply, kind: str, everywhere: bool = True,
+                   newest: int | None = None) -> None:
+        """``kind``'s rows from here and every peer. ``newest``: only that
+        many of the ended tasks, the newest, are needed (rows are built
+        under the node's lock: a dashboard polling a node with a full
+        history should not build 20,000 of them every time)."""
         if kind in HEAD_KINDS:
             self._head_state(kind, reply)
             return
         if kind not in KINDS:
             raise ValueError(f"no state kind {kind!r}; one of {', '.join(KINDS + HEAD_KINDS)}")
-        rows = getattr(self, "_rows_" + kind)()
+        if newest is not None and (not isinstance(newest, int) or newest < 0):
+            raise ValueError(f"newest must be a non-negative int, got {newest!r}")
+        rows = self._rows_tasks(newest) if kind == "tasks" else getattr(self, "_rows_" + kind)()
         if getattr(client, "is_peer", False):
             everywhere = False            # a peer's question is about this node alone
         links = [link for link in self.peers.values() if link.state != "dead"] \
@@ -77,7 +84,7 @@ class NodeIntrospection:
             with self.lock:
                 finish()
         for link in links:
-            self._peer_call(link, "state", (kind, False),
+            self._peer_call(link, "state", (kind, False, newest),
                             lambda ok, value, nid=link.node_id: answered(ok, value, nid))
         self.loop.call_later(config.get("state_timeout_s"), expire)
 
@@ -174,11 +181,14 @@ class NodeIntrospection:
         reply(True, {"text": text, "offset": offset, "alive": alive})
 
     # --------------------------------------------------------------- tasks
-    def _rows_tasks(self) -> list[dict]:
+    def _rows_tasks(self, newest: int | None = None) -> list[dict]:
         node_hex = self.node_id.hex()
         wall = time.time() - time.monotonic()       # started_at is monotonic
         errors: dict = {}                          # decoded ERROR values, by identity
-        rows = [self._task_row(t, None, node_hex, wall, errors) for t in self.history]
+        history = self.history
+        if newest is not None and newest < len(history):
+            history = list(history)[len(history) - newest:]
+        rows = [self._task_row(t, None, node_hex, wall, errors) for t in history]
         live: dict = {}
         for rec in self.tasks.values():
             live[rec.spec.task_id] = rec

@@ -60,8 +60,9 @@ def _core(address: str | None):
     return get_core()
 
 
-def _query(kind: str, address, timeout, raise_on_missing_output: bool) -> list[dict]:
-    answer = _core(address).request("state", kind, timeout=timeout)
+def _query(kind: str, address, timeout, raise_on_missing_output: bool,
+           newest: int | None = None) -> list[dict]:
+    answer = _core(address).request("state", kind, True, newest, timeout=timeout)
     if answer["missing"]:
         msg = (f"the {kind} of node(s) {', '.join(n[:12] for n in answer['missing'])} are "
                f"missing: those nodes did not answer in time (state_timeout_s)")
@@ -71,12 +72,14 @@ def _query(kind: str, address, timeout, raise_on_missing_output: bool) -> list[d
     return answer["rows"]
 
 
-def _rows(kind: str, address, timeout, raise_on_missing_output: bool) -> list[dict]:
-    """Every row of ``kind``; jobs are the head's submissions and the drivers."""
+def _rows(kind: str, address, timeout, raise_on_missing_output: bool,
+          newest: int | None = None) -> list[dict]:
+    """Every row of ``kind`` (of tasks: all live ones and the ``newest``
+    ended ones per node); jobs are the head's submissions and the drivers."""
     if kind == "jobs":
         return (_query("submissions", address, timeout, raise_on_missing_output)
                 + _query("drivers", address, timeout, raise_on_missing_output))
-    return _query(kind, address, timeout, raise_on_missing_output)
+    return _query(kind, address, timeout, raise_on_missing_output, newest)
 
 
 def _select(kind: str, rows: list, filters, limit, detail: bool) -> list[StateRow]:
@@ -84,9 +87,11 @@ def _select(kind: str, rows: list, filters, limit, detail: bool) -> list[StateRo
         raise ValueError(f"limit must be a non-negative int, got {limit!r}")
     for f in filters or ():
         rows = _apply_filter(kind, rows, f)
-    if kind == "tasks":
+    if kind == "tasks":                 # the newest ``limit``, oldest first
         rows = sorted(rows, key=lambda r: r["creation_time_ms"] or 0)
-    if limit is not None:
+        if limit is not None:
+            rows = rows[len(rows) - limit:] if limit else []
+    elif limit is not None:
         rows = rows[:limit]
     hidden = () if detail else _BRIEF_HIDDEN.get(kind, ())
     return [StateRow({k: v for k, v in r.items() if k not in hidden}) for r in rows]
@@ -125,7 +130,9 @@ def _lister(kind: str):
                   detail: bool = False, timeout: float | None = 30,
                   raise_on_missing_output: bool = True, address: str | None = None
                   ) -> list[StateRow]:
-        return _select(kind, _rows(kind, address, timeout, raise_on_missing_output),
+        # unfiltered, each node needs to build only its newest ``limit`` ended tasks
+        newest = limit if kind == "tasks" and not filters else None
+        return _select(kind, _rows(kind, address, timeout, raise_on_missing_output, newest),
                        filters, limit, detail)
     list_kind.__name__ = f"list_{kind}"
     list_kind.__doc__ = (f"The cluster's {kind.replace('_', ' ')}: one row each. ``filters``: "
