@@ -17,6 +17,7 @@ Part of ``Node`` (a base class of it), under ``node.lock``.
 """
 from __future__ import annotations
 
+import heapq
 import os
 import time
 
@@ -187,7 +188,8 @@ class NodeIntrospection:
         errors: dict = {}                          # decoded ERROR values, by identity
         history = self.history
         if newest is not None and newest < len(history):
-            history = list(history)[len(history) - newest:]
+            # the newest by submission (tasks end in another order), as list_tasks sorts
+            history = heapq.nlargest(newest, history, key=lambda t: (t[5], t[0]))
         rows = [self._task_row(t, None, node_hex, wall, errors) for t in history]
         live: dict = {}
         for rec in self.tasks.values():

@@ -82,13 +82,18 @@ def _rows(kind: str, address, timeout, raise_on_missing_output: bool,
     return _query(kind, address, timeout, raise_on_missing_output, newest)
 
 
-def _select(kind: str, rows: list, filters, limit, detail: bool) -> list[StateRow]:
-    if limit is not None and (not isinstance(limit, int) or limit < 0):
+def _check_limit(limit) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                              or limit < 0):
         raise ValueError(f"limit must be a non-negative int, got {limit!r}")
+
+
+def _select(kind: str, rows: list, filters, limit, detail: bool) -> list[StateRow]:
     for f in filters or ():
         rows = _apply_filter(kind, rows, f)
     if kind == "tasks":                 # the newest ``limit``, oldest first
-        rows = sorted(rows, key=lambda r: r["creation_time_ms"] or 0)
+        # (ids of one submitter count up: they order tasks created in the same ms)
+        rows = sorted(rows, key=lambda r: (r["creation_time_ms"] or 0, r["task_id"]))
         if limit is not None:
             rows = rows[len(rows) - limit:] if limit else []
     elif limit is not None:
@@ -130,6 +135,7 @@ def _lister(kind: str):
                   detail: bool = False, timeout: float | None = 30,
                   raise_on_missing_output: bool = True, address: str | None = None
                   ) -> list[StateRow]:
+        _check_limit(limit)
         # unfiltered, each node needs to build only its newest ``limit`` ended tasks
         newest = limit if kind == "tasks" and not filters else None
         return _select(kind, _rows(kind, address, timeout, raise_on_missing_output, newest),
