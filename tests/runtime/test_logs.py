@@ -53,11 +53,17 @@ def test_each_task_reads_back_only_what_it_printed(shoal_cluster):
     reads("gamma", "gamma line 0\n")
     reads("gamma", "gamma to stderr\n", err=True)
     if len(set(pids)) == 1:             # one worker ran all three: its whole output
+        # is each task's output in one piece, in the order the worker ran them
+        # (not necessarily the order they were submitted)
         whole = "".join(get_log(pid=pids[0]))
-        assert whole.index("alpha line 2") < whole.index("beta line 0") < \
-            whole.index("gamma line 0")
+        outputs = {"alpha": "alpha line 0\nalpha line 1\nalpha line 2\n",
+                   "beta": "beta line 0\nbeta line 1\n", "gamma": "gamma line 0\n"}
+        ran = sorted(outputs, key=lambda tag: whole.index(outputs[tag]))
+        assert whole == "".join(outputs[tag] for tag in ran)
+        starts = [by_tag[tag]["start_time_ms"] for tag in ran]
+        assert starts == sorted(starts)
         assert "shoal-task" not in whole
-        assert "".join(get_log(pid=pids[0], tail=1)) == "gamma line 0\n"
+        assert "".join(get_log(pid=pids[0], tail=1)) == outputs[ran[-1]].splitlines(True)[-1]
 
 
 def test_an_actors_output_and_follow(shoal_cluster, tmp_path):
