@@ -43,8 +43,12 @@ class InitInfo(dict):
 def init(address: str | None = None, *, num_cpus: int | None = None,
          num_gpus: int | None = None, resources: dict | None = None,
          object_store_memory: int | None = None, namespace: str | None = None,
-         ignore_reinit_error: bool = False, log_to_driver: bool = True, **kwargs) -> InitInfo:
-    """Start shoal on this machine (no address), as Ray's ``init`` does."""
+         ignore_reinit_error: bool = False, log_to_driver: bool = True,
+         _as_tool: bool = False, **kwargs) -> InitInfo:
+    """Start shoal on this machine (no address), as Ray's ``init`` does.
+    ``_as_tool`` (internal: the dashboard, the CLI, the state API used
+    without ``init``) connects to a running cluster as an observer that
+    the state API does not list as a job or a worker."""
     unknown = set(kwargs) - _IGNORED_INIT_OPTIONS
     if unknown:
         raise TypeError(f"init() got unexpected option(s): {', '.join(sorted(unknown))}")
@@ -69,7 +73,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
                                  "describe a new local cluster; a driver connecting to a "
                                  "running one (address=...) cannot set them")
             from .core.client import connect
-            core = connect(address, namespace)
+            core = connect(address, namespace, "tool" if _as_tool else "driver")
             _core_mod.set_core(core)
             atexit.register(shutdown)
             _ship_working_dir(core, working_dir)

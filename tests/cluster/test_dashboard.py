@@ -26,6 +26,7 @@ import pytest
 import shoal
 from shoal.cluster import launch
 from shoal.cluster.state import StateDir
+from shoal.util import state
 
 from .. import conftest
 from ..conftest import touch, wait_for, wait_for_file
@@ -321,6 +322,10 @@ def test_a_local_cluster_prints_its_dashboard_and_others_reach_it(cluster_env, c
         assert out.returncode == 0, out.stderr
         assert "plus_one_here" in out.stdout and "FINISHED" in out.stdout
         dashboard = shoal.core.get_core().doors.proc.pid
+        # the dashboard and the CLI are tools, not jobs: this driver is the one job
+        (job,) = state.list_jobs()
+        assert job["driver_pid"] == os.getpid() and job["status"] == "RUNNING"
+        assert dashboard not in [w["pid"] for w in state.list_workers()]
     finally:
         shoal.shutdown()
     assert not psutil.pid_exists(dashboard) or psutil.Process(dashboard).status() == "zombie"

@@ -153,6 +153,17 @@ def test_the_cli_lists_summarises_and_writes_a_timeline(cluster, driver, tmp_pat
     out = cli("memory", "--stats-only")
     assert out.returncode == 0 and "object store:" in out.stdout
 
+    # the CLI connects as a tool: neither its earlier runs nor this one is a job
+    # or a worker; this process, a driver, is one job, RUNNING
+    out = cli("list", "jobs", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    drivers = [j for j in json.loads(out.stdout) if j["type"] == "DRIVER"]
+    assert [(j["driver_pid"], j["status"]) for j in drivers] == [(os.getpid(), "RUNNING")]
+    out = cli("list", "workers", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    assert [w["pid"] for w in json.loads(out.stdout) if w["worker_type"] == "DRIVER"] == \
+        [os.getpid()]
+
     out = cli("list", "tasks", "--filter", "colour=red")
     assert out.returncode == 1 and "no field 'colour'" in out.stderr
     out = cli("list", "tasks", "--filter", "nonsense")

@@ -136,7 +136,7 @@ def _connect(args) -> None:
         from ..cluster.auth import read_token
         # this process's own environment: how a driver is given its token
         os.environ["SHOAL_TOKEN"] = read_token(args.token_file)
-    shoal.init(address=args.address or "auto", log_to_driver=False)
+    shoal.init(address=args.address or "auto", log_to_driver=False, _as_tool=True)
 
 
 def parse_filter(text: str) -> tuple:

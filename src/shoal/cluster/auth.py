@@ -29,7 +29,7 @@ import socket
 MAGIC = b"SHOAL\x01\x00\x00"
 NONCE = 32
 MAC = 32
-ROLES = {b"N": "node", b"D": "driver", b"C": "cli"}
+ROLES = {b"N": "node", b"D": "driver", b"C": "cli", b"T": "tool"}
 HELLO_SIZE = len(MAGIC) + NONCE
 REPLY_SIZE = len(MAGIC) + 1 + NONCE + MAC
 
@@ -97,17 +97,20 @@ def server_check(token: str, server_nonce: bytes, reply: bytes) -> tuple[str, by
     return ROLES[role], _mac(token, b"server", client_nonce, server_nonce)
 
 
-def server_handshake(sock: socket.socket, token: str, role: str, timeout: float) -> None:
+def server_handshake(sock: socket.socket, token: str, role: str | tuple, timeout: float) -> str:
     """Authenticate a blocking socket that connected to us, which must act
-    as ``role``; AuthError (or OSError) otherwise. Nothing it sends before
-    this returns is read as anything but handshake bytes."""
+    as ``role`` (or one of a tuple of roles, the one it took is returned);
+    AuthError (or OSError) otherwise. Nothing it sends before this returns
+    is read as anything but handshake bytes."""
     sock.settimeout(timeout)
     hello, nonce = server_hello()
     sock.sendall(hello)
     their_role, answer = server_check(token, nonce, _recv_exactly(sock, REPLY_SIZE))
-    if their_role != role:
-        raise AuthError(f"a {their_role} may not connect as a {role}")
+    allowed = (role,) if isinstance(role, str) else role
+    if their_role not in allowed:
+        raise AuthError(f"a {their_role} may not connect as a {' or '.join(allowed)}")
     sock.sendall(answer)
+    return their_role
 
 
 # ---------------------------------------------------------------- client side

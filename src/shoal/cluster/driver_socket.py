@@ -6,7 +6,9 @@ A node agent has one, and so does a local cluster started by
 and a record describing it (``<node>.json``: socket path, pid, node id,
 whether it is a cluster's head node, and, for a local cluster, the file of
 its own token) live in the state directory's ``nodes/`` (mode 0700, the
-socket 0600). A connecting driver proves the token, then receives the
+socket 0600). A connecting driver (or tool: the dashboard, `shoal list`,
+the state API used without ``init``, which are not jobs) proves the token,
+then receives the
 object store's memfd (SCM_RIGHTS) and from then on talks as a worker does
 (``node.attach_driver``). The listener's thread belongs to this object:
 ``stop`` ends and joins it and removes the socket and the record.
@@ -76,7 +78,8 @@ class DriverListener:
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         pid = struct.unpack("3i", creds)[0]
         try:
-            server_handshake(conn, self.token, "driver", config.get("handshake_timeout_s"))
+            role = server_handshake(conn, self.token, ("driver", "tool"),
+                                    config.get("handshake_timeout_s"))
             node = self.node
             setup = pickle.dumps({"arena_size": node.arena.size, "node_id": node.node_id,
                                   "namespace": node.namespace}, protocol=5)
@@ -86,8 +89,8 @@ class DriverListener:
             self.log(f"refused a driver connection from pid {pid}: {e}")
             conn.close()
             return
-        self.node.attach_driver(conn, pid)
-        self.log(f"driver pid {pid} connected")
+        self.node.attach_driver(conn, pid, tool=role == "tool")
+        self.log(f"{role} pid {pid} connected")
 
     def stop(self) -> None:
         self.stopping.set()

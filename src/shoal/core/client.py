@@ -110,9 +110,10 @@ def join_as_driver(address: str, namespace: str | None):
     return core
 
 
-def connect(address: str, namespace: str | None = None) -> ClientCore:
+def connect(address: str, namespace: str | None = None, role: str = "driver") -> ClientCore:
     """Connect to the node agent on this machine for cluster ``address``
-    ("auto", or the head's HOST:PORT as `shoal start --head` printed it)."""
+    ("auto", or the head's HOST:PORT as `shoal start --head` printed it),
+    as a driver (a job) or as a "tool" (the dashboard, the CLI)."""
     from ..cluster.auth import client_handshake, find_token, read_token
     from ..cluster.state import StateDir
     state = StateDir()
@@ -138,7 +139,7 @@ def connect(address: str, namespace: str | None = None) -> ClientCore:
     sock.settimeout(10)
     try:
         sock.connect(path)
-        client_handshake(sock, token, "driver")
+        client_handshake(sock, token, role)
         data, fds, _, _ = socket.recv_fds(sock, 1 << 16, 1)
         if not fds or len(data) < 4:
             raise ConnectionError("the node sent no object store")

@@ -43,7 +43,7 @@ def main(argv=None) -> int:
         with open(args.login_code_file) as f:
             code = f.read().strip()
         os.unlink(args.login_code_file)
-    shoal.init(address=args.address, log_to_driver=False)
+    shoal.init(address=args.address, log_to_driver=False, _as_tool=True)
     if args.fd is not None:
         sock = socket.socket(fileno=args.fd)
         sock.setblocking(False)

@@ -28,6 +28,7 @@ from ..transport import messages as m
 from .actors import ALIVE, DEAD, PENDING
 from .logs import log_path, read_output
 from .records import QUEUED, RUNNING, WAITING_DEPS, ended_row
+from .workers import TOOL_CLIENT
 
 TASK_TYPES = {TASK: "NORMAL_TASK", ACTOR_CREATE: "ACTOR_CREATION_TASK",
               ACTOR_CALL: "ACTOR_TASK"}
@@ -151,7 +152,8 @@ class NodeIntrospection:
                          "start_time_ms": _ms(self.started), "end_time_ms": None,
                          "message": None, "exit_code": None})
         gone = [(w, when) for w, _, when in self.dead_workers if w.proc is None]
-        for w, when in [(w, None) for w in self.driver_clients] + gone:
+        alive = [(w, None) for w in self.driver_clients if w.state != TOOL_CLIENT]
+        for w, when in alive + gone:
             rows.append({"job_id": w.worker_id.hex(), "type": "DRIVER",
                          "status": "RUNNING" if when is None else "FINISHED",
                          "entrypoint": w.entrypoint, "driver_pid": w.pid,
@@ -345,7 +347,8 @@ class NodeIntrospection:
                          "queued_tasks": 0, "blocked_in_get": False, "exit_detail": None,
                          "end_time_ms": None})
         for w in self.workers.values():
-            rows.append(_worker_row(w, node_hex, True, None, None))
+            if w.state != TOOL_CLIENT:
+                rows.append(_worker_row(w, node_hex, True, None, None))
         for w, why, when in self.dead_workers:
             rows.append(_worker_row(w, node_hex, False, why, when))
         return rows

@@ -15,7 +15,7 @@ from ..exceptions import TaskCancelledError, WorkerCrashedError
 from ..scheduler.task import ACTOR_CALL, ACTOR_CREATE
 from ..transport import messages as m
 from .logs import StreamRelay, open_log
-from .workers import BUSY, IDLE, STARTING, spawn_worker
+from .workers import BUSY, IDLE, STARTING, TOOL_CLIENT, spawn_worker
 
 
 class NodeWorkerPool:
@@ -125,15 +125,17 @@ class NodeWorkerPool:
                     if link.submitted:
                         self._send(link, (m.OUTPUT, to_stderr, text))
 
-    def attach_driver(self, sock, pid: int) -> bytes:
+    def attach_driver(self, sock, pid: int, tool: bool = False) -> bytes:
         """A driver process connected to this node (cluster/agent.py): it
         talks like a worker (SUBMIT, CALL, REFS, PUT, EXPORT) but never runs
-        tasks. When it goes, its refs go with it (``_on_worker_lost``)."""
+        tasks. When it goes, its refs go with it (``_on_worker_lost``). A
+        ``tool`` (the dashboard, the CLI) is served alike but is no job: the
+        state API lists it neither as a job nor as a worker, then or after."""
         from ..transport.framing import Connection
         from .workers import DRIVER_CLIENT, WorkerRecord
         sock.setblocking(False)
         w = WorkerRecord(os.urandom(8), None, Connection(sock), pid=pid)
-        w.state = DRIVER_CLIENT
+        w.state = TOOL_CLIENT if tool else DRIVER_CLIENT
         w.entrypoint = _command_line(pid)
         w.out_pipes = 0
         with self.lock:
@@ -181,10 +183,11 @@ class NodeWorkerPool:
                     w.lease.pool.release(w.lease)
                 self.leased[w.lease_key].remove(w)
                 w.lease = None
-            w.state = "dead"
+            was_tool, w.state = w.state == TOOL_CLIENT, "dead"
             if self.stopped:
                 return
-            self.dead_workers.append((w, exit_desc, time.time()))
+            if not was_tool:
+                self.dead_workers.append((w, exit_desc, time.time()))
             for position, rec in enumerate(list(w.inflight.values())):
                 if rec.spec.kind == ACTOR_CALL or rec.spec.kind == ACTOR_CREATE:
                     continue

@@ -20,6 +20,7 @@ from ..transport.framing import Connection
 
 IDLE, BUSY, ACTOR, STARTING, DEAD = "idle", "busy", "actor", "starting", "dead"
 DRIVER_CLIENT = "driver"     # a driver process connected to this node (cluster/agent.py)
+TOOL_CLIENT = "tool"         # the dashboard or a CLI connected alike: not a job
 
 
 class WorkerRecord:

@@ -56,7 +56,7 @@ def _core(address: str | None):
     import shoal
     from ..core import get_core
     if not shoal.is_initialized():
-        shoal.init(address=address or "auto")
+        shoal.init(address=address or "auto", _as_tool=True)
     return get_core()
 
 
