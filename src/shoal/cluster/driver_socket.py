@@ -69,6 +69,9 @@ class DriverListener:
                     continue
                 except OSError:
                     return
+                if self.stopping.is_set():
+                    conn.close()
+                    return
                 threading.Thread(target=self._accept, args=(conn,), daemon=True,
                                  name="shoal-driver-handshake").start()
         finally:
@@ -94,9 +97,27 @@ class DriverListener:
 
     def stop(self) -> None:
         self.stopping.set()
+        _wake_accept(self.srv)
         self.thread.join(5)
         for p in (self.path, self.record):
             try:
                 os.unlink(p)
             except FileNotFoundError:
                 pass
+
+
+def _wake_accept(srv: socket.socket) -> None:
+    """End a thread blocked in ``srv.accept()`` now, not at its next timeout
+    (0.5 s: every shutdown waited for it). On Linux, shutting a TCP listening
+    socket down makes a pending accept fail; a Unix one ignores that, so it
+    is woken by a connection of our own, which the loop, seeing it is
+    stopping, closes unread."""
+    try:
+        if srv.family == socket.AF_UNIX:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as poke:
+                poke.settimeout(1.0)
+                poke.connect(srv.getsockname())
+        else:
+            srv.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass

@@ -25,6 +25,7 @@ import threading
 from .. import config
 from ..transport.framing import HEADER, encode
 from .auth import AuthError, _recv_exactly, client_handshake, server_handshake
+from .driver_socket import _wake_accept
 
 
 def _read_frame(sock: socket.socket, limit: int = 1 << 20):
@@ -56,6 +57,7 @@ class PeerListener:
 
     def stop(self) -> None:
         self.stopped.set()
+        _wake_accept(self.sock)
         self.thread.join(timeout=2)
         self.sock.close()
 
