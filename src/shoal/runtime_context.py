@@ -9,7 +9,9 @@ class RuntimeContext:
         self._core = core
 
     def get_job_id(self) -> str:
-        return self._core.job_id.hex()
+        """The job (driver program) this code runs for: in a task or actor
+        call, the job that submitted it (workers serve every job)."""
+        return (self._core.context.job_id or self._core.job_id).hex()
 
     def get_node_id(self) -> str:
         return self._core.node_id.hex()

@@ -289,3 +289,50 @@ def test_user_metrics_from_another_node_reach_the_prometheus_text(cluster, drive
     text = wait_for(lambda: line in (t := prometheus.render(state.list_nodes()).decode()) and t,
                     timeout=30, interval=0.2, what="b's counter in the exported text")
     assert f'shoal_node_workers{{NodeId="{cluster.ids["head"]}"}}' in text
+
+
+SECOND_DRIVER = """
+import json, shoal
+shoal.init(address="auto")
+
+@shoal.remote
+def job(_):
+    return shoal.get_runtime_context().get_job_id()
+
+mine = shoal.get_runtime_context().get_job_id()
+ran = shoal.get([job.remote(i) for i in range(4)]
+                + [job.options(resources={"at_b": 0.01}).remote(0)], timeout=60)
+print(json.dumps({"mine": mine, "ran": ran}))
+"""
+
+
+@pytest.mark.timeout(90)
+def test_each_driver_is_a_job_and_its_tasks_on_any_node_carry_it(cluster, driver):
+    """Two drivers on one cluster: each has its own job id (list_jobs), and a
+    task reports and is listed with the job that submitted it, wherever it
+    ran and whichever job's work its worker did before."""
+    b = cluster.add("b")
+    driver()
+    cluster.wait_linked()
+
+    @shoal.remote
+    def job(_):
+        return shoal.get_runtime_context().get_job_id()
+    mine = shoal.get_runtime_context().get_job_id()
+    assert set(shoal.get([job.remote(i) for i in range(4)], timeout=GET_TIMEOUT)) == {mine}
+
+    other = subprocess.run([sys.executable, "-c", SECOND_DRIVER], capture_output=True,
+                           text=True, timeout=60)
+    assert other.returncode == 0, other.stderr
+    second = json.loads(other.stdout.splitlines()[-1])
+    assert second["mine"] != mine and set(second["ran"]) == {second["mine"]}
+
+    jobs = {j["driver_pid"]: j for j in state.list_jobs() if j["type"] == "DRIVER"}
+    assert jobs[os.getpid()]["job_id"] == mine and jobs[os.getpid()]["status"] == "RUNNING"
+    (finished,) = [j for pid, j in jobs.items() if pid != os.getpid()]
+    assert finished["job_id"] == second["mine"] and finished["status"] == "FINISHED"
+    theirs = state.list_tasks(filters=[("job_id", "=", second["mine"])], limit=None)
+    assert len(theirs) == 5 and {t["name"] for t in theirs} == {"job"}
+    assert b in {t["node_id"] for t in theirs}               # the one sent to b too
+    ours = state.list_tasks(filters=[("job_id", "=", mine), ("name", "=", "job")], limit=None)
+    assert len(ours) == 4

@@ -282,3 +282,36 @@ def test_a_limit_keeps_the_newest_tasks(shoal_cluster):
     rows = state.list_tasks(limit=5)
     assert [r["task_id"] for r in rows] == [r.hex()[:24] for r in refs[-5:]]
     assert state.list_tasks(limit=0) == []
+
+
+@shoal.remote
+def job_of_task_and_child():
+    here = shoal.get_runtime_context().get_job_id()
+    return here, shoal.get(child_job.remote(), timeout=60)
+
+
+@shoal.remote
+def child_job():
+    return shoal.get_runtime_context().get_job_id()
+
+
+@shoal.remote
+class JobOf:
+    def job(self):
+        return shoal.get_runtime_context().get_job_id()
+
+
+def test_tasks_nested_tasks_and_actor_calls_carry_the_drivers_job(shoal_cluster):
+    job = shoal.get_runtime_context().get_job_id()
+    (row,) = state.list_jobs()
+    assert row["job_id"] == job
+    assert shoal.get(job_of_task_and_child.remote(), timeout=60) == (job, job)
+    actor = JobOf.remote()
+    assert shoal.get(actor.job.remote(), timeout=60) == job
+    names = {"job_of_task_and_child", "child_job", "JobOf.job", "JobOf"}
+    rows = [r for r in state.list_tasks(limit=None) if r["name"] in names]
+    assert {r["name"] for r in rows} == names and {r["job_id"] for r in rows} == {job}
+    assert len(state.list_tasks(filters=[("job_id", "=", job)], limit=None)) >= 4
+    assert state.list_tasks(filters=[("job_id", "=", "00000000")]) == []
+    (actor_row,) = state.list_actors(filters=[("class_name", "=", "JobOf")])
+    assert actor_row["job_id"] == job

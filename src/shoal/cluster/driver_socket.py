@@ -84,15 +84,16 @@ class DriverListener:
             role = server_handshake(conn, self.token, ("driver", "tool"),
                                     config.get("handshake_timeout_s"))
             node = self.node
+            job_id = os.urandom(4)          # a driver's job: its tasks carry it
             setup = pickle.dumps({"arena_size": node.arena.size, "node_id": node.node_id,
-                                  "namespace": node.namespace}, protocol=5)
+                                  "namespace": node.namespace, "job_id": job_id}, protocol=5)
             socket.send_fds(conn, [HEADER.pack(len(setup)) + setup], [node.arena.fd])
             conn.settimeout(None)
         except (AuthError, OSError, ConnectionError) as e:
             self.log(f"refused a driver connection from pid {pid}: {e}")
             conn.close()
             return
-        self.node.attach_driver(conn, pid, tool=role == "tool")
+        self.node.attach_driver(conn, pid, job_id, tool=role == "tool")
         self.log(f"{role} pid {pid} connected")
 
     def stop(self) -> None:

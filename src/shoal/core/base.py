@@ -22,6 +22,7 @@ class TaskContext(threading.local):
     """What the code running on this thread is part of."""
     task_id = None
     task_name = None
+    job_id = None       # the job of the task it runs (a worker's): its own calls are of it
     assigned = None     # ({resource: amount}, gpu_ids)
     placement = None    # the placement-group strategy (wire form) the task runs in
 
@@ -115,7 +116,8 @@ class Core:
             options = {**options, "wd": self.wd} if options else {"wd": self.wd}
         spec = TaskSpec(new_task_id(), kind, function_id, name, packed, layout, deps,
                         num_returns, resources, max_retries, retry_exceptions, contained,
-                        self.context.task_id, actor_id, method, options)
+                        self.context.task_id, actor_id, method, options,
+                        self.context.job_id or self.job_id)
         return spec, holders
 
     def _pack_args(self, name, args, kwargs):

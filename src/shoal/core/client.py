@@ -29,8 +29,8 @@ from .worker import WorkerCore
 class ClientCore(WorkerCore):
     is_driver = True
 
-    def __init__(self, conn, arena, node_id: bytes, namespace: str):
-        super().__init__(conn, arena, os.urandom(4), node_id, namespace, b"driver")
+    def __init__(self, conn, arena, node_id: bytes, namespace: str, job_id: bytes):
+        super().__init__(conn, arena, job_id, node_id, namespace, b"driver")
         self.closed = False
         self.on_message = self._on_message
         self.start_reader()
@@ -156,5 +156,6 @@ def connect(address: str, namespace: str | None = None, role: str = "driver") ->
         raise
     sock.settimeout(None)
     arena = Arena(fds[0], setup["arena_size"], owner=False)
-    return ClientCore(Connection(sock), arena, setup["node_id"], namespace or setup["namespace"])
+    return ClientCore(Connection(sock), arena, setup["node_id"], namespace or setup["namespace"],
+                      setup["job_id"])
 

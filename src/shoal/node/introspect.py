@@ -154,7 +154,7 @@ class NodeIntrospection:
         gone = [(w, when) for w, _, when in self.dead_workers if w.proc is None]
         alive = [(w, None) for w in self.driver_clients if w.state != TOOL_CLIENT]
         for w, when in alive + gone:
-            rows.append({"job_id": w.worker_id.hex(), "type": "DRIVER",
+            rows.append({"job_id": w.job_id.hex(), "type": "DRIVER",
                          "status": "RUNNING" if when is None else "FINISHED",
                          "entrypoint": w.entrypoint, "driver_pid": w.pid,
                          "driver_node_id": node_hex, "start_time_ms": _ms(w.started),
@@ -241,7 +241,7 @@ class NodeIntrospection:
     def _task_row(self, t: tuple, state, node_hex: str, wall: float, errors: dict,
                   rec=None) -> dict:
         (task_id, kind, name, actor_id, parent_id, submitted, ready, sent, start, end,
-         failure, pid, where, forwarded, max_retries, retries_left, placement) = t
+         failure, pid, where, forwarded, max_retries, retries_left, placement, job_id) = t
         error_type = error_message = traceback = None
         if failure is not None:
             error_type, error_message, traceback = _failure(failure, errors)
@@ -261,6 +261,7 @@ class NodeIntrospection:
             "actor_id": (task_id if kind == ACTOR_CREATE else actor_id).hex()
             if kind != TASK else None,
             "parent_task_id": parent_id.hex() if parent_id else None,
+            "job_id": job_id.hex() if job_id else None,
             "node_id": where.hex() if forwarded else node_hex,
             "worker_id": where.hex() if where is not None and not forwarded else None,
             "worker_pid": pid,
@@ -317,6 +318,7 @@ class NodeIntrospection:
                 "actor_id": actor.actor_id.hex(),
                 "class_name": actor.class_name,
                 "state": state,
+                "job_id": actor.spec.job_id.hex() if actor.spec.job_id else None,
                 "name": actor.name or "",
                 "ray_namespace": actor.namespace,
                 "node_id": actor.remote.node_id.hex() if actor.remote is not None else node_hex,

@@ -125,7 +125,7 @@ class NodeWorkerPool:
                     if link.submitted:
                         self._send(link, (m.OUTPUT, to_stderr, text))
 
-    def attach_driver(self, sock, pid: int, tool: bool = False) -> bytes:
+    def attach_driver(self, sock, pid: int, job_id: bytes, tool: bool = False) -> bytes:
         """A driver process connected to this node (cluster/agent.py): it
         talks like a worker (SUBMIT, CALL, REFS, PUT, EXPORT) but never runs
         tasks. When it goes, its refs go with it (``_on_worker_lost``). A
@@ -137,6 +137,7 @@ class NodeWorkerPool:
         w = WorkerRecord(os.urandom(8), None, Connection(sock), pid=pid)
         w.state = TOOL_CLIENT if tool else DRIVER_CLIENT
         w.entrypoint = _command_line(pid)
+        w.job_id = job_id
         w.out_pipes = 0
         with self.lock:
             self.workers[w.worker_id] = w

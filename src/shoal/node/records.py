@@ -73,7 +73,7 @@ def ended_row(rec: TaskRecord) -> tuple:      # hot: every task's end
     return (spec.task_id, spec.kind, spec.name, spec.actor_id, spec.parent_id,
             rec.submitted_at, rec.ready_at, rec.started_at, rec.run_start, rec.run_end,
             rec.failure, w.pid, w.row_id, w.is_peer, spec.max_retries, rec.retries_left,
-            rec.placement)
+            rec.placement, spec.job_id)
 
 
 class GeneratorState:

@@ -28,7 +28,7 @@ class WorkerRecord:
     __slots__ = ("worker_id", "proc", "pid", "conn", "state", "inflight", "lease", "lease_key",
                  "functions", "held", "actor", "blocked", "label", "out_pipes", "exit_desc",
                  "revoking", "retire_pending", "allocs", "relays", "oom", "started",
-                 "entrypoint", "row_id")
+                 "entrypoint", "row_id", "job_id")
 
     def __init__(self, worker_id: bytes, proc: subprocess.Popen | None, conn: Connection,
                  pid: int | None = None):
@@ -55,6 +55,7 @@ class WorkerRecord:
         self.oom = None            # an OomKill if the memory monitor killed it
         self.started = time.time()
         self.entrypoint = None     # a connected driver's command line (its job)
+        self.job_id = None         # a connected driver's job id
 
     def describe_exit(self) -> str:
         if self.proc is None:

@@ -50,7 +50,7 @@ def new_put_id() -> bytes:
 
 _FIELDS = ("task_id", "kind", "function_id", "name", "args", "args_layout", "deps",
            "num_returns", "resources", "max_retries", "retry_exceptions", "contained",
-           "parent_id", "actor_id", "method", "options")
+           "parent_id", "actor_id", "method", "options", "job_id")
 
 
 class TaskSpec:
@@ -58,7 +58,7 @@ class TaskSpec:
 
     def __init__(self, task_id, kind, function_id, name, args, args_layout, deps,
                  num_returns, resources, max_retries, retry_exceptions, contained,
-                 parent_id, actor_id, method, options):
+                 parent_id, actor_id, method, options, job_id=None):
         self.task_id = task_id
         self.kind = kind
         self.function_id = function_id
@@ -75,12 +75,13 @@ class TaskSpec:
         self.actor_id = actor_id
         self.method = method
         self.options = options                # rarely used options (actors), or None
+        self.job_id = job_id                  # the job whose program submitted it (bytes)
 
     def to_wire(self) -> tuple:
         return (self.task_id, self.kind, self.function_id, self.name, self.args,
                 self.args_layout, self.deps, self.num_returns, self.resources,
                 self.max_retries, self.retry_exceptions, self.contained, self.parent_id,
-                self.actor_id, self.method, self.options)
+                self.actor_id, self.method, self.options, self.job_id)
 
     @classmethod
     def from_wire(cls, t: tuple) -> "TaskSpec":

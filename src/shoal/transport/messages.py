@@ -14,7 +14,7 @@ pickled exception; ``contained`` lists the ids of refs nested in the value.
 Task specs travel as the tuple made by ``TaskSpec.to_wire`` (scheduler/task.py).
 """
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 # worker -> node --------------------------------------------------------------
 HELLO = 1          # (HELLO, version, worker_id, pid)

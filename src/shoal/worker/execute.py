@@ -46,6 +46,7 @@ def prepare(core, functions: dict, blobs: dict, msg: tuple) -> Prepared:
     ctx = core.context
     ctx.task_id = spec.task_id
     ctx.task_name = spec.name
+    ctx.job_id = spec.job_id
     ctx.assigned = assigned
     if spec.options is not None:
         strategy = spec.options.get("strategy")
