@@ -229,6 +229,13 @@ def test_the_pages_in_a_browser(dashboard_cluster, browser, tmp_path):
     def text_appears(text, timeout=30):
         WebDriverWait(browser, timeout, poll_frequency=0.2).until(lambda d: text in page_text())
 
+    def page_shown(heading, timeout=30):
+        """Wait until the page drawn is the one headed ``heading`` (a hash
+        change redraws in place: the last page's text is there until then)."""
+        script = "const h = document.querySelector('section h2'); return h ? h.innerText : ''"
+        WebDriverWait(browser, timeout, poll_frequency=0.2).until(
+            lambda d: d.execute_script(script).startswith(heading))
+
     browser.get(url + "/#tasks")
     assert urlparse(browser.current_url).path == "/login"
     browser.find_element(By.ID, "token").send_keys("wrong")
@@ -246,6 +253,7 @@ def test_the_pages_in_a_browser(dashboard_cluster, browser, tmp_path):
     shot(browser, "overview")
 
     browser.get(url + "/#tasks")
+    page_shown("By function")
     text_appears("held_step")
     body = page_text()
     assert "RUNNING" in body and "BadRecord: not a JSON record" in body
@@ -262,6 +270,7 @@ def test_the_pages_in_a_browser(dashboard_cluster, browser, tmp_path):
     Select(browser.find_element(By.ID, "state-filter")).select_by_value("")
 
     browser.get(url + "/#actors")
+    page_shown("Actors")
     text_appears("Trainer")
     assert "ALIVE" in page_text()
     browser.execute_script("document.querySelector('a[data-actor]').click()")
@@ -269,12 +278,13 @@ def test_the_pages_in_a_browser(dashboard_cluster, browser, tmp_path):
     shot(browser, "logs")
 
     browser.get(url + "/#doctor")
+    page_shown("Why is it stuck")
     text_appears("can never be scheduled")
     shot(browser, "doctor")
     for page in ("jobs", "objects", "placement", "timeline"):
         browser.get(url + "/#" + page)
-        text_appears({"jobs": "Jobs", "objects": "Memory", "placement": "Placement groups",
-                      "timeline": "runs"}[page])
+        page_shown({"jobs": "Jobs", "objects": "Memory", "placement": "Placement groups",
+                    "timeline": "Timeline"}[page])
         if page == "timeline":
             shot(browser, "timeline")
     assert console_errors(browser) == []
