@@ -146,7 +146,11 @@ class RingGroup:
         if self._send_error is not None:
             self._fail(f"sending failed: {self._send_error}")
 
-    def _recv(self, peer: int, kind: int, step: int, out) -> None:
+    def _recv(self, peer: int, kind: int, step: int, out, op: ReduceOp | None = None) -> None:
+        """Receive ``peer``'s message into ``out``; with ``op``, reduce it into
+        ``out`` instead, a segment at a time through a SEGMENT-sized scratch:
+        the kernel receives the next segment while this one is reduced, and
+        the scratch stays in cache."""
         sock = self.conns[peer]
         view = memoryview(out).cast("B")
         kind |= _dtype_tag(out)
@@ -157,7 +161,16 @@ class RingGroup:
                 self._fail(f"rank {peer} sent {_describe(k)} ({n} bytes), rank {self.rank} "
                            f"expected {_describe(kind)} ({len(view)} bytes): members called "
                            f"different operations")
-            _recv_into(sock, view)
+            if op is None:
+                _recv_into(sock, view)
+                return
+            per = max(1, SEGMENT // out.itemsize)
+            tmp = self._scratch(out.dtype, min(per, out.size))
+            for lo in range(0, out.size, per):
+                part = out[lo:lo + per]
+                got = tmp[:part.size]
+                _recv_into(sock, memoryview(got).cast("B"))
+                reduce_into(part, [got], op)
         except socket.timeout:
             self._fail(f"timed out after {self.timeout_s:g} s waiting for rank {peer}")
         except (ConnectionError, OSError) as e:
@@ -186,9 +199,7 @@ class RingGroup:
             s_lo, s_hi = bounds[send_c]
             r_lo, r_hi = bounds[recv_c]
             self._post(self.rank_right, kind, step, data[s_lo:s_hi])
-            tmp = self._scratch(data.dtype, r_hi - r_lo)
-            self._recv(self.rank_left, kind, step, tmp)
-            reduce_into(data[r_lo:r_hi], [tmp], op)
+            self._recv(self.rank_left, kind, step, data[r_lo:r_hi], op)
 
     def _all_gather_ring(self, data: np.ndarray, bounds, kind: int, first: int) -> None:
         """Pass complete chunks around: at the start each rank holds chunk
