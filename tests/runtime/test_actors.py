@@ -171,6 +171,12 @@ class AsyncGate:
             await asyncio.sleep(0.01)
         return self.arrived
 
+    async def own_task_id(self, parties: int) -> tuple:
+        """This call's task id before and after it overlaps the others."""
+        before = shoal.get_runtime_context().get_task_id()
+        await self.arrive_and_wait_for(parties)
+        return before, shoal.get_runtime_context().get_task_id()
+
     async def await_ref(self, boxed_refs: list):
         return await boxed_refs[0]
 
@@ -437,6 +443,13 @@ def test_async_actor_runs_calls_concurrently(shoal_cluster):
     g = AsyncGate.remote()
     refs = [g.arrive_and_wait_for.remote(4) for _ in range(4)]
     assert get(refs) == [4, 4, 4, 4]
+
+
+def test_overlapping_async_calls_each_see_their_own_task(shoal_cluster):
+    g = AsyncGate.remote()
+    ids = get([g.own_task_id.remote(3) for _ in range(3)])
+    assert all(before == after for before, after in ids), ids
+    assert len({before for before, _ in ids}) == 3
 
 
 def test_async_actor_call_can_release_calls_waiting_on_it(shoal_cluster):

@@ -5,7 +5,7 @@ Hot paths here: ``submit`` (every ``.remote()``), ``encode_value`` and
 """
 from __future__ import annotations
 
-import threading
+import contextvars
 from collections import deque
 
 from .. import config
@@ -18,17 +18,33 @@ from ..transport.messages import ERROR, INLINE, SHM
 _EMPTY_ARGS = pack_inline(serialize(((), {})))
 
 
-class TaskContext(threading.local):
-    """What the code running on this thread is part of."""
-    task_id = None
-    task_name = None
-    job_id = None       # the job of the task it runs (a worker's): its own calls are of it
-    assigned = None     # ({resource: amount}, gpu_ids)
-    placement = None    # the placement-group strategy (wire form) the task runs in
+class TaskContext:
+    """The task the code running here is part of. Each run of a task sets a
+    fresh one (worker/execute.py ``prepare``) in a context variable, so a
+    thread of a threaded actor and each asyncio task of an async actor (a
+    copy of the context per task) see the call they run, even when calls
+    overlap; outside any task, ``NO_TASK``."""
+    __slots__ = ("task_id", "task_name", "job_id", "assigned", "placement")
+
+    def __init__(self, task_id=None, task_name=None, job_id=None, assigned=None,
+                 placement=None):
+        self.task_id = task_id
+        self.task_name = task_name
+        self.job_id = job_id        # the job that submitted it: its own calls are of it
+        self.assigned = assigned    # ({resource: amount}, gpu_ids)
+        self.placement = placement  # the placement-group strategy (wire form) it runs in
+
+
+NO_TASK = TaskContext()
+CURRENT_TASK: contextvars.ContextVar = contextvars.ContextVar("shoal_task", default=NO_TASK)
 
 
 class Core:
     is_driver = False
+
+    @property
+    def context(self) -> TaskContext:
+        return CURRENT_TASK.get()
 
     def __init__(self, arena, job_id: bytes, node_id: bytes, namespace: str):
         self.arena = arena
@@ -36,7 +52,6 @@ class Core:
         self.node_id = node_id
         self.namespace = namespace
         self.inline_threshold = config.get("inline_threshold")
-        self.context = TaskContext()
         self.actor_id = None
         self.actor_instance = None
         self.actor_placement = None

@@ -12,6 +12,7 @@ import pickle
 import traceback
 
 from ..exceptions import ActorDiedError, SerializationError, TaskCancelledError, TaskError
+from ..core.base import CURRENT_TASK, TaskContext
 from ..scheduler.task import ACTOR_CALL, ACTOR_CREATE, STREAMING, TaskSpec
 from ..serialization import deserialize, loads_function
 from ..transport import messages as m
@@ -43,20 +44,17 @@ def prepare(core, functions: dict, blobs: dict, msg: tuple) -> Prepared:
     fid = spec.function_id
     if fid is not None and fid not in functions:
         functions[fid] = loads_function(blobs.pop(fid))
-    ctx = core.context
-    ctx.task_id = spec.task_id
-    ctx.task_name = spec.name
-    ctx.job_id = spec.job_id
-    ctx.assigned = assigned
+    placement = None
     if spec.options is not None:
         strategy = spec.options.get("strategy")
-        placement = strategy if strategy is not None and strategy[0] == "PG" else None
-        if spec.kind == ACTOR_CREATE:
-            core.actor_placement = placement
-        else:
-            ctx.placement = placement
-    elif ctx.placement is not None:
-        ctx.placement = None
+        if strategy is not None and strategy[0] == "PG":
+            if spec.kind == ACTOR_CREATE:
+                core.actor_placement = strategy
+            else:
+                placement = strategy
+        elif spec.kind == ACTOR_CREATE:
+            core.actor_placement = None
+    CURRENT_TASK.set(TaskContext(spec.task_id, spec.name, spec.job_id, assigned, placement))
     args, kwargs = deserialize(spec.args, spec.args_layout)
     if dep_values:
         args = list(args)

@@ -293,7 +293,6 @@ class WorkerLoop:
     def _set_label(self, spec) -> None:     # hot: every task
         label = spec.name.split(".")[0] if spec.kind in (ACTOR_CALL, ACTOR_CREATE) else spec.name
         out, err = self.streams
-        out.task_id = err.task_id = spec.task_id      # their next write names this task
         if label != self.label:
             self.label = out.label = err.label = label
             sys.stdout.flush()

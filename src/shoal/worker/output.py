@@ -3,17 +3,20 @@
 The node keeps every worker's output in a log file and relays it to the
 driver (node/logs.py). To tell which task printed what, the first write of
 each task is preceded by a marker line, ``TASK_MARKER + task id + " " +
-label``, that the node swallows. A task that prints nothing costs two
-attribute writes; the marker is written only when output comes. Output
-that bypasses sys.stdout (a C extension writing to fd 1) is counted to the
-last task that wrote through it. In threaded and async actors, calls that
-overlap share one tag: the call that started last.
+label``, that the node swallows. The task is the one whose call is writing
+(core/base.py ``CURRENT_TASK``, a context variable): in threaded and async
+actors, calls that overlap each get their own lines. A task that prints
+nothing costs nothing here; the marker is written only when output comes.
+Output that bypasses sys.stdout (a C extension writing to fd 1), or comes
+from a thread the user started, is counted to the last task that wrote
+through it.
 """
 from __future__ import annotations
 
 import io
 import sys
 
+from ..core.base import CURRENT_TASK
 from ..node.logs import TASK_MARKER
 
 _MARK = TASK_MARKER.decode()
@@ -27,21 +30,23 @@ class TaggedStream(io.TextIOWrapper):
         super().__init__(original.buffer, encoding=original.encoding, errors=original.errors,
                          line_buffering=original.line_buffering, write_through=True)
         self._original = original       # kept: collecting it would close the buffer
-        self.task_id = None             # set by the worker loop as each task starts
-        self.label = None
+        self.label = None               # set by the worker loop as a task starts
         self._marked = None
         self._line_start = True
 
     def write(self, s: str) -> int:
-        task_id = self.task_id
-        if task_id is not self._marked and s:
+        if not s:
+            return 0
+        task_id = CURRENT_TASK.get().task_id
+        marker = ""
+        if task_id is not self._marked:
             self._marked = task_id
             if task_id is not None:
-                super().write(("" if self._line_start else "\n")
-                              + f"{_MARK}{task_id.hex()} {self.label}\n")
-        if s:
-            self._line_start = s[-1] == "\n"
-        return super().write(s)
+                marker = (("" if self._line_start else "\n")
+                          + f"{_MARK}{task_id.hex()} {self.label}\n")
+        self._line_start = s[-1] == "\n"
+        super().write(marker + s)        # one write: another thread's cannot come between
+        return len(s)
 
 
 def install() -> tuple:
