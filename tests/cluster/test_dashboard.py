@@ -258,7 +258,12 @@ def test_the_pages_in_a_browser(dashboard_cluster, browser, tmp_path):
     body = page_text()
     assert "RUNNING" in body and "BadRecord: not a JSON record" in body
     Select(browser.find_element(By.ID, "state-filter")).select_by_value("FAILED")
-    text_appears("parse_record")
+    # (wait for the redraw with the filter: before it, the table also has the
+    # pending parse_record, which has no traceback)
+    WebDriverWait(browser, 30, poll_frequency=0.2).until(lambda d: d.execute_script("""
+        const rows = [...document.querySelectorAll('#task-table tr.clickable')];
+        return rows.length > 0 && rows.every(r => r.innerText.includes('FAILED'))
+            && rows.some(r => r.innerText.includes('parse_record'))"""))
     # the page redraws every 2 s: click by script, which finds the row afresh
     browser.execute_script("""
         for (const tr of document.querySelectorAll('#task-table tr.clickable'))
@@ -287,6 +292,19 @@ def test_the_pages_in_a_browser(dashboard_cluster, browser, tmp_path):
                     "timeline": "Timeline"}[page])
         if page == "timeline":
             shot(browser, "timeline")
+
+    # a driver's job links to its tasks: the tasks page filtered by that job
+    job = shoal.get_runtime_context().get_job_id()
+    browser.get(url + "/#jobs")
+    page_shown("Jobs")
+    text_appears(job)
+    browser.execute_script(f"document.querySelector('a[data-job=\"{job}\"]').click()")
+    page_shown("By function")
+    WebDriverWait(browser, 30, poll_frequency=0.2).until(
+        lambda d: Select(d.find_element(By.ID, "job-filter")).first_selected_option
+        .get_attribute("value") == job and "held_step" in page_text())
+    assert job in page_text()                       # the job column
+    Select(browser.find_element(By.ID, "job-filter")).select_by_value("")
     assert console_errors(browser) == []
 
     browser.delete_all_cookies()                 # logged out: nothing but the login page

@@ -84,26 +84,38 @@ const pages = {
       ["status", j => st(j.status)], ["entrypoint", j => `<code>${esc(j.entrypoint)}</code>`],
       ["started", j => when(j.start_time_ms)], ["ended", j => when(j.end_time_ms)],
       ["message", j => esc(j.message)],
+      ["tasks", j => j.type === "DRIVER" ?
+        `<a href="#tasks" data-job="${esc(j.job_id)}">its tasks</a>` : ""],
     ]) + "</section>";
+    el.querySelectorAll("a[data-job]").forEach(a => a.addEventListener("click", () =>
+      sessionStorage.setItem("taskJob", a.dataset.job)));
   },
 
   async tasks(el) {
     const filter = sessionStorage.getItem("taskState") || "";
-    const [summary, tasks] = await Promise.all([api("/api/summary/tasks"),
-      api("/api/tasks?limit=1000" + (filter ? "&state=" + encodeURIComponent(filter) : ""))]);
+    const job = sessionStorage.getItem("taskJob") || "";
+    const query = (filter ? "&state=" + encodeURIComponent(filter) : "") +
+      (job ? "&job_id=" + encodeURIComponent(job) : "");
+    const [summary, tasks, jobs] = await Promise.all([api("/api/summary/tasks"),
+      api("/api/tasks?limit=1000" + query), api("/api/jobs?limit=1000&type=DRIVER")]);
     const groups = Object.values(summary.summary);
     const states = ["", "RUNNING", "PENDING_ARGS_AVAIL", "PENDING_NODE_ASSIGNMENT", "FINISHED", "FAILED"];
+    const jobIds = [""].concat(jobs.map(j => j.job_id));
+    if (job && !jobIds.includes(job)) jobIds.push(job);
     el.innerHTML = `<section><h2>By function (${summary.total} tasks)</h2>` + table(groups, [
       ["function", g => esc(g.func_or_class_name)], ["type", g => esc(g.type)],
       ["states", g => Object.entries(g.state_counts).map(([s, n]) => `${st(s)}: ${n}`).join(", ")],
     ]) + `</section><section><h2>Tasks</h2><div class="toolbar">state
       <select id="state-filter">${states.map(s => `<option ${s === filter ? "selected" : ""}
-      value="${s}">${s || "any"}</option>`).join("")}</select>
+      value="${s}">${s || "any"}</option>`).join("")}</select> job
+      <select id="job-filter">${jobIds.map(j => `<option ${j === job ? "selected" : ""}
+      value="${esc(j)}">${esc(j) || "any"}</option>`).join("")}</select>
       <span class="muted">click a row for its events, error and traceback</span></div>
       <div id="task-table"></div><div id="task-detail"></div></section>`;
     const container = el.querySelector("#task-table");
     container.innerHTML = table(tasks.slice().reverse(), [
       ["task", t => full(t.task_id)], ["name", t => esc(t.name)], ["state", t => st(t.state)],
+      ["job", t => full(t.job_id)],
       ["node", t => short(t.node_id)], ["worker pid", t => esc(t.worker_pid)],
       ["submitted", t => when(t.creation_time_ms)],
       ["error", t => t.error_type ? `<span class="error">${esc(t.error_type)}: ${esc(t.error_message)}</span>` : ""],
@@ -111,6 +123,9 @@ const pages = {
     bindRows(container, tasks.slice().reverse(), showTask);
     el.querySelector("#state-filter").addEventListener("change", e => {
       sessionStorage.setItem("taskState", e.target.value); show();
+    });
+    el.querySelector("#job-filter").addEventListener("change", e => {
+      sessionStorage.setItem("taskJob", e.target.value); show();
     });
     const open = sessionStorage.getItem("openTask");
     if (open) showTask({task_id: open});
