@@ -10,15 +10,19 @@ Every message is a 24-byte header (operation kind, step, payload bytes) and
 the payload, received straight into numpy memory (``recv_into``). A member
 that sees a header it did not expect (another operation, another size)
 raises a CollectiveError naming both. Sends run on one sender thread per
-group so that a member sends to its right neighbour while it receives from
-its left one; the ring algorithms are the bandwidth-optimal ones:
+peer (started on the first message to it), so that a member sends to its
+right neighbour while it receives from its left one, and a message waiting
+for one peer to read never holds up another's; the ring algorithms are the
+bandwidth-optimal ones:
 
 - allreduce: reduce-scatter then all-gather around the ring, each of the
   2(p-1) steps moving 1/p of the data, in segments of ``SEGMENT`` bytes so
   that reducing one segment overlaps receiving the next;
 - broadcast: a pipelined chain from the root; allgather: p-1 ring steps;
 - reducescatter: the first half of allreduce; alltoall: p-1 pairwise steps;
-- send/recv: straight on the pair's connection.
+- send/recv: straight on the pair's connection; ``send`` queues a copy and
+  returns, so two members may send to each other before either receives
+  (messages between a pair, collective or not, arrive in the order sent).
 
 A member that dies closes its connections: the others' pending receive
 fails at once. A member that hangs is caught by the group's timeout.
@@ -29,6 +33,7 @@ import queue
 import socket
 import struct
 import threading
+import time
 
 import numpy as np
 
@@ -61,11 +66,7 @@ class RingGroup:
         self._connect(members, secret, listener)
         self.right = self.conns.get((rank + 1) % world)
         self.left = self.conns.get((rank - 1) % world)
-        self._jobs: queue.Queue = queue.Queue()
-        self._sender = threading.Thread(target=self._send_loop, daemon=True,
-                                        name=f"shoal-collective-{name}")
-        self._sender.start()
-        self._send_error: BaseException | None = None
+        self._senders: dict[int, _Sender] = {}
         self._tmp = np.empty(0, np.uint8)
 
     # ---------------------------------------------------------------- set up
@@ -112,39 +113,32 @@ class RingGroup:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     # ---------------------------------------------------------------- transport
-    def _send_loop(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            if isinstance(job, _Marker):
-                job.event.set()
-                continue
-            sock, header, payload = job
-            try:
-                if self._send_error is None:
-                    sock.sendall(header)
-                    if payload is not None and len(payload):
-                        sock.sendall(payload)
-            except BaseException as e:
-                self._send_error = e
-
     def _post(self, peer: int, kind: int, step: int, payload) -> None:
-        """Queue a message for the sender thread (``payload`` must not change
-        until ``_flush``)."""
+        """Queue a message for ``peer``'s sender thread (``payload`` must not
+        change until ``_flush``)."""
         data = None if payload is None else memoryview(payload).cast("B")
         kind |= _dtype_tag(payload)
         header = HEADER.pack(kind, step, 0 if data is None else len(data))
-        self._jobs.put((self.conns[peer], header, data))
+        sender = self._senders.get(peer)
+        if sender is None:
+            sender = self._senders[peer] = _Sender(self.conns[peer], f"{self.name}-{peer}")
+        sender.jobs.put((header, data))
 
     def _flush(self) -> None:
-        """Wait until everything queued was sent."""
-        marker = threading.Event()
-        self._jobs.put(_Marker(marker))
-        if not marker.wait(self.timeout_s):
-            self._fail(f"timed out after {self.timeout_s:g} s sending")
-        if self._send_error is not None:
-            self._fail(f"sending failed: {self._send_error}")
+        """Wait until everything queued was sent (to the kernel)."""
+        markers = []
+        for sender in self._senders.values():
+            marker = threading.Event()
+            sender.jobs.put(marker)
+            markers.append(marker)
+        deadline = time.monotonic() + self.timeout_s
+        for peer, marker in zip(self._senders, markers):
+            if not marker.wait(max(0.0, deadline - time.monotonic())):
+                self._fail(f"timed out after {self.timeout_s:g} s sending to rank {peer} "
+                           f"(it is not receiving)")
+        for peer, sender in self._senders.items():
+            if sender.error is not None:
+                self._fail(f"sending to rank {peer} failed: {sender.error}")
 
     def _recv(self, peer: int, kind: int, step: int, out, op: ReduceOp | None = None) -> None:
         """Receive ``peer``'s message into ``out``; with ``op``, reduce it into
@@ -177,7 +171,7 @@ class RingGroup:
             self._fail(f"lost the connection to rank {peer}: it died or gave up on the group ({e})")
 
     def _fail(self, why: str):
-        self.destroy()
+        self._close()
         raise CollectiveError(f"collective group {self.name!r}: {why}")
 
     def _check(self) -> None:
@@ -292,19 +286,32 @@ class RingGroup:
         self.allreduce(np.zeros(self.world, np.uint8), ReduceOp.SUM, BARRIER)
 
     def send(self, a: np.ndarray, dst: int) -> None:
+        """Queue a copy of ``a`` for ``dst`` and return; an error sending it
+        surfaces in this member's next operation (or destroy)."""
         self._check()
-        self._post(dst, P2P, 0, a)
-        self._flush()
+        sender = self._senders.get(dst)
+        if sender is not None and sender.error is not None:
+            self._fail(f"sending to rank {dst} failed: {sender.error}")
+        self._post(dst, P2P, 0, a.copy())
 
     def recv(self, a: np.ndarray, src: int) -> None:
         self._check()
         self._recv(src, P2P, 0, a)
 
     def destroy(self) -> None:
+        """Leave the group once what this member sent has gone out (bounded
+        by the group's timeout, like every operation)."""
+        if self.closed:
+            return
+        self._flush()
+        self._close()
+
+    def _close(self) -> None:
         if self.closed:
             return
         self.closed = True
-        self._jobs.put(None)
+        for sender in self._senders.values():
+            sender.jobs.put(None)
         for sock in self.conns.values():
             try:
                 sock.shutdown(socket.SHUT_RDWR)
@@ -313,11 +320,35 @@ class RingGroup:
             sock.close()
 
 
-class _Marker:
-    """Put on the send queue: set once everything before it was sent."""
+class _Sender:
+    """One thread sending queued messages to one peer, in order. An Event
+    on the queue is set once everything before it was sent; None ends the
+    thread. After an error it sends nothing more (the group then fails)."""
 
-    def __init__(self, event: threading.Event):
-        self.event = event
+    def __init__(self, sock: socket.socket, name: str):
+        self.sock = sock
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True,
+                                       name=f"shoal-collective-{name}")
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            if isinstance(job, threading.Event):
+                job.set()
+                continue
+            header, payload = job
+            try:
+                if self.error is None:
+                    self.sock.sendall(header)
+                    if payload is not None and len(payload):
+                        self.sock.sendall(payload)
+            except BaseException as e:
+                self.error = e
 
 
 def _dtype_tag(a) -> int:

@@ -339,17 +339,30 @@ class ShmGroup:
         line[RECV] += 1
 
     def destroy(self) -> None:
+        """Leave the group: wait (up to the group's timeout) until what this
+        member sent was received, raising if a receiver died or left first,
+        and briefly for slower members to finish reading the last operation."""
         if self.closed:
             return
-        # let slower members finish reading my slot for the last operation
-        # (bounded: a member that died or gave up does not hold this up)
-        steps, target = self.ctl[:, STEP], self.step
         try:
-            wait_until(lambda: steps.min() >= target, group=self.name, what="leaving",
-                       members=self.others, timeout_s=min(self.timeout_s, 10.0),
-                       failed=self._failed)
-        except CollectiveError:
-            pass
+            for dst in self.outbox:
+                line = self.pairs[self.rank, dst]
+                wait_until(lambda: line[RECV] >= line[SENT], group=self.name,
+                           what=f"leaving: rank {dst} has not received this member's message",
+                           members=[self.members[dst]], timeout_s=self.timeout_s,
+                           failed=self._failed)
+            # bounded: a member that died or gave up does not hold this up
+            steps, target = self.ctl[:, STEP], self.step
+            try:
+                wait_until(lambda: steps.min() >= target, group=self.name, what="leaving",
+                           members=self.others, timeout_s=min(self.timeout_s, 10.0),
+                           failed=self._failed)
+            except CollectiveError:
+                pass
+        finally:
+            self._close()
+
+    def _close(self) -> None:
         self._abort(DESTROYED)
         self.closed = True
         self.slot.close()

@@ -7,13 +7,27 @@ group is its own ProcessGroupGloo/ProcessGroupNCCL object (not torch's
 default group), so several groups live in one process; ``shoal.train`` makes
 the default group itself for DistributedDataParallel. NCCL operates on the
 CUDA tensors themselves: nothing goes through host memory.
+
+send/recv carry a small header (bytes, dtype) before the payload, so a recv
+of another size or dtype fails naming both instead of filling part of the
+tensor. ``send`` posts the header and a copy of the tensor and returns: two
+members may send to each other before either receives (gloo's own send
+waits for the peer's recv). A failed operation names the members that
+died, found by pid on this node and through the state API elsewhere.
 """
 from __future__ import annotations
 
 import datetime
+import time
 
 from ..exceptions import CollectiveError
 from .tensors import ReduceOp
+from .waiting import Member
+
+# dtypes a send/recv header names, by position (-1: another one)
+_P2P_DTYPES = ("float32", "float64", "float16", "bfloat16", "int8", "int16", "int32", "int64",
+               "uint8", "bool", "complex64", "complex128")
+DEAD_CHECK_S = 2.0       # how long a failure waits for the node to learn a remote member died
 
 
 def open_store(host: str, world: int, timeout_s: float):
@@ -43,7 +57,9 @@ class TorchGroup:
         import torch
         import torch.distributed as dist
         self.name, self.rank, self.world, self.backend = name, rank, world, backend
+        self.members, self.timeout_s = members, timeout_s
         self.closed = False
+        self._sends: list = []        # (work, dst, tensor) posted by send(), not yet completed
         timeout = datetime.timedelta(seconds=timeout_s)
         self.store = connect_store(members, rank, world, timeout_s, store)
         prefix = dist.PrefixStore(f"shoal/{group_id}", self.store)
@@ -71,11 +87,55 @@ class TorchGroup:
     def _run(self, what: str, work) -> None:
         if self.closed:
             raise CollectiveError(f"collective group {self.name!r} was destroyed")
+        self._reap_sends(wait=False)
         try:
             work().wait()
         except Exception as e:
-            raise CollectiveError(f"collective group {self.name!r}: {what} failed in torch "
-                                  f"{self.backend}: {e}") from None
+            raise self._failure(what, e) from None
+
+    def _failure(self, what: str, e: BaseException) -> CollectiveError:
+        dead = self._dead_members()
+        who = "; ".join(f"rank {m.rank} (pid {m.pid}) died" for m in dead)
+        return CollectiveError(f"collective group {self.name!r}: {what} failed in torch "
+                               f"{self.backend}: {who + ' (' if who else ''}{e}"
+                               f"{')' if who else ''}")
+
+    def _dead_members(self) -> list[Member]:
+        """The other members known to be dead: by pid on this node; through
+        the state API (for DEAD_CHECK_S, while their node learns it) elsewhere."""
+        here = self.members[self.rank]["node_id"]
+        others = [(m, Member(r, m["pid"], m["started"])) for r, m in enumerate(self.members)
+                  if r != self.rank]
+        dead = [mm for m, mm in others if m["node_id"] == here and not mm.alive()]
+        remote = [(m["node_id"], mm) for m, mm in others if m["node_id"] != here]
+        deadline = time.monotonic() + DEAD_CHECK_S
+        while remote and not dead:
+            try:
+                from ..util.state import list_workers
+                rows = list_workers(filters=[("is_alive", "=", False)], limit=None, timeout=2)
+            except Exception:
+                break                  # the error names no rank, as torch's does
+            gone = {(r["node_id"], r["pid"]) for r in rows}
+            dead = [mm for node, mm in remote if (node, mm.pid) in gone]
+            if dead or time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+        return sorted(dead, key=lambda m: m.rank)
+
+    def _reap_sends(self, wait: bool) -> None:
+        """Forget completed sends; raise if one failed. With ``wait``, wait
+        for all of them (bounded by the group's timeout)."""
+        pending = []
+        for work, dst, t in self._sends:
+            if wait or work.is_completed():
+                try:
+                    work.wait(datetime.timedelta(seconds=self.timeout_s))
+                except Exception as e:
+                    self._sends = []
+                    raise self._failure(f"send to rank {dst}", e) from None
+            else:
+                pending.append((work, dst, t))
+        self._sends = pending
 
     def _check_mean(self, t, op: ReduceOp) -> None:
         if op is ReduceOp.MEAN and not (t.is_floating_point() or t.is_complex()):
@@ -137,17 +197,59 @@ class TorchGroup:
         self._run("barrier", lambda: self.pg.barrier(dist.BarrierOptions()))
 
     def send(self, t, dst: int) -> None:
-        self._run("send", lambda: self.pg.send([t], dst, 0))
+        """Post the header and a copy of ``t`` (the caller may change ``t``
+        once this returns) and return; waiting happens in later calls."""
+        if self.closed:
+            raise CollectiveError(f"collective group {self.name!r} was destroyed")
+        self._reap_sends(wait=False)
+        for x in (self._header(t), t.clone()):
+            try:
+                self._sends.append((self.pg.send([x], dst, 0), dst, x))
+            except Exception as e:
+                raise self._failure(f"send to rank {dst}", e) from None
 
     def recv(self, t, src: int) -> None:
-        self._run("recv", lambda: self.pg.recv([t], src, 0))
+        import torch
+        header = torch.empty(2, dtype=torch.int64, device=self.device)
+        self._run("recv", lambda: self.pg.recv([header], src, 0))
+        nbytes, code = header.tolist()
+        want, want_code = self._header(t).tolist()
+        if (nbytes, code) == (want, want_code):
+            self._run("recv", lambda: self.pg.recv([t], src, 0))
+            return
+        # take the payload off the pair's stream so that later messages still match
+        drain = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+        self._run("recv", lambda: self.pg.recv([drain], src, 0))
+        raise CollectiveError(f"collective group {self.name!r}: rank {src} sent "
+                              f"{_dtype_name(code)} ({nbytes} bytes), rank {self.rank} expected "
+                              f"{_dtype_name(want_code)} ({want} bytes): members called "
+                              f"different operations")
+
+    def _header(self, t):
+        import torch
+        name = str(t.dtype).replace("torch.", "")
+        code = _P2P_DTYPES.index(name) if name in _P2P_DTYPES else -1
+        return torch.tensor([t.numel() * t.element_size(), code], dtype=torch.int64,
+                            device=self.device)
 
     def destroy(self) -> None:
+        """Leave the group once this member's sends were received (bounded
+        by the group's timeout)."""
         if self.closed:
             return
+        try:
+            self._reap_sends(wait=True)
+        finally:
+            self._close()
+
+    def _close(self) -> None:
         self.closed = True
         try:
             self.pg.abort() if self.backend == "nccl" else None
         except Exception:
             pass
         self.pg = None
+
+
+def _dtype_name(code: int) -> str:
+    return _P2P_DTYPES[code] if 0 <= code < len(_P2P_DTYPES) else "another dtype"
