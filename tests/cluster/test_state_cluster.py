@@ -81,6 +81,14 @@ def test_tasks_and_actors_on_other_nodes_are_listed_once_where_they_ran(cluster,
     rows = wait_for(ended, timeout=30, what="both tasks ended")
     assert rows["where_held"]["node_id"] == b and rows["where_held"]["state"] == "FINISHED"
     assert rows["where_held"]["run_us"][1] is not None
+    # its lifecycle: submitted on the driver's node, sent to b, run by a worker of b
+    events = rows["where_held"]["events"]
+    states = [e["state"] for e in events]
+    assert states[0] == "PENDING_ARGS_AVAIL" and states[-1] == "FINISHED", states
+    sent = events[states.index("SUBMITTED_TO_NODE")]
+    handed = events[states.index("SUBMITTED_TO_WORKER")]
+    assert sent["node_id"] == b and handed["node_id"] == b
+    assert states.index("SUBMITTED_TO_NODE") < states.index("RUNNING")
     assert rows["fails_here"]["error_type"] == "ValueError"
     assert b in rows["fails_here"]["error_message"]
     assert len(state.list_tasks(filters=[("name", "=", "where_held")], limit=None)) == 1
@@ -93,6 +101,9 @@ def test_tasks_and_actors_on_other_nodes_are_listed_once_where_they_ran(cluster,
     nodes = {n["node_id"]: n for n in state.list_nodes()}
     assert nodes[b]["state"] == "ALIVE" and nodes[cluster.ids["head"]]["is_head_node"]
     assert nodes[b]["resources_total"]["at_b"] == 1
+    memory = psutil.virtual_memory()
+    assert 0 < nodes[b]["stats"]["memory_used"] <= nodes[b]["stats"]["memory_total"]
+    assert nodes[b]["stats"]["memory_total"] <= memory.total
     assert state.summarize_tasks()["summary"]["where_held"]["state_counts"] == {"FINISHED": 1}
     assert state.summarize_actors()["summary"]["Where"]["state_counts"] == {"ALIVE": 1}
 

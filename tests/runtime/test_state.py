@@ -92,6 +92,8 @@ def test_a_task_goes_through_its_states_with_timestamps(shoal_cluster, tmp_path)
                      "RUNNING", "FINISHED"]
     times = [e["created_ms"] for e in done["events"]]
     assert times == sorted(times)
+    handed = done["events"][2]                   # scheduled here, on the worker that ran it
+    assert handed["node_id"] == done["node_id"] and handed["worker_pid"] == done["worker_pid"]
     assert done["creation_time_ms"] <= done["start_time_ms"] <= done["end_time_ms"]
     assert done["type"] == "NORMAL_TASK"
     assert done["error_type"] is None

@@ -27,6 +27,7 @@ from ..scheduler.task import ACTOR_CALL, ACTOR_CREATE, TASK
 from ..transport import messages as m
 from .actors import ALIVE, DEAD, PENDING
 from .logs import log_path, read_output
+from .memory_monitor import read_memory
 from .records import QUEUED, RUNNING, WAITING_DEPS, ended_row
 from .workers import TOOL_CLIENT
 
@@ -127,7 +128,10 @@ class NodeIntrospection:
         running = sum(len(w.inflight) for w in self.workers.values())
         queued = sum(len(q) for q in self.queues.values()) + len(self.pending_actors)
         spill = self.spill
+        memory = read_memory()
         return {
+            "memory_used": memory.used,          # the machine's (or its cgroup's), as the
+            "memory_total": memory.total,        # memory monitor counts it
             "object_store_used": self.allocator.used_bytes,
             "object_store_capacity": self.allocator.capacity,
             "spilled_bytes": spill.bytes if spill is not None else 0,
@@ -199,11 +203,17 @@ class NodeIntrospection:
         for w in self.workers.values():
             for tid, rec in w.inflight.items():   # includes actor creations being run
                 live[tid] = rec
+        waits: dict = {}                 # worker -> objects its get/wait calls wait for
+        for (client, _), req in self.requests.items():
+            if client is not None and not req.done:
+                waits.setdefault(client, []).extend(
+                    oid.hex() for oid in req.ids
+                    if (e := self.objects.get(oid)) is None or e.value is None)
         for tid, rec in live.items():
             state = self._live_state(rec)
             if state is not None:
                 rows.append(self._task_row(ended_row(rec), state, node_hex, wall, errors,
-                                           rec))
+                                           rec, waits))
         return rows
 
     def _live_state(self, rec) -> str | None:
@@ -239,7 +249,7 @@ class NodeIntrospection:
         return "SUBMITTED_TO_WORKER"        # queued behind the task its worker runs
 
     def _task_row(self, t: tuple, state, node_hex: str, wall: float, errors: dict,
-                  rec=None) -> dict:
+                  rec=None, waits=None) -> dict:
         (task_id, kind, name, actor_id, parent_id, submitted, ready, sent, start, end,
          failure, pid, where, forwarded, max_retries, retries_left, placement, job_id) = t
         error_type = error_message = traceback = None
@@ -280,20 +290,28 @@ class NodeIntrospection:
             "run_us": (int(start * 1e6), int(end * 1e6) if measured else None)
             if start else None,
         }
-        events = [("PENDING_ARGS_AVAIL", submitted)]
+        events = [{"state": "PENDING_ARGS_AVAIL", "created_ms": _ms(submitted)}]
         if ready:
-            events.append(("PENDING_NODE_ASSIGNMENT", ready))
-        if sent_at:
-            events.append(("SUBMITTED_TO_WORKER", sent_at))
+            events.append({"state": "PENDING_NODE_ASSIGNMENT", "created_ms": _ms(ready)})
+        if sent_at and forwarded:       # this node owns it; the peer ``where`` runs it
+            events.append({"state": "SUBMITTED_TO_NODE", "created_ms": _ms(sent_at),
+                           "node_id": row["node_id"]})
+        elif sent_at:
+            events.append({"state": "SUBMITTED_TO_WORKER", "created_ms": _ms(sent_at),
+                           "node_id": node_hex, "worker_pid": pid})
         if start:
-            events.append(("RUNNING", start))
+            events.append({"state": "RUNNING", "created_ms": _ms(start)})
         if row["end_time_ms"]:
-            events.append((state, end))
-        row["events"] = [{"state": s, "created_ms": _ms(at)} for s, at in events]
+            events.append({"state": state, "created_ms": _ms(end)})
+        row["events"] = events
         if rec is not None:
             w = rec.worker
-            row["blocked_in_get"] = bool(state == "RUNNING" and w is not None
-                                         and not forwarded and w.blocked)
+            blocked = bool(state == "RUNNING" and w is not None and not forwarded and w.blocked)
+            row["blocked_in_get"] = blocked
+            # what its worker's get/wait calls wait for (a threaded actor's
+            # calls share one worker: they are not told apart)
+            row["blocked_on"] = list(dict.fromkeys(waits.get(w, ()))) if blocked and waits \
+                else []
             row["pending_args"] = [dep.hex() for _, dep in rec.spec.deps
                                    if (e := self.objects.get(dep)) is None or e.value is None] \
                 if state == "PENDING_ARGS_AVAIL" else []
@@ -477,11 +495,16 @@ def _merge_by(parts: list, key: str, authoritative, combine) -> list:
 
 
 def _keep_first_creation(row: dict, owners: dict) -> dict:
-    """The running node's row, with the owner's (earlier) submission time."""
+    """The running node's row, with the owner's (earlier) submission time and
+    its events up to handing the task to that node (SUBMITTED_TO_NODE)."""
     first = owners.get("creation_time_ms")
     if first and (row["creation_time_ms"] is None or first < row["creation_time_ms"]):
         row = dict(row, creation_time_ms=first)
-        if row["events"]:
-            row["events"] = [dict(row["events"][0], created_ms=first)] + row["events"][1:]
+    theirs = owners.get("events") or []
+    if any(e["state"] == "SUBMITTED_TO_NODE" for e in theirs):
+        upto = next(i for i, e in enumerate(theirs) if e["state"] == "SUBMITTED_TO_NODE")
+        row = dict(row, events=theirs[:upto + 1] + row["events"][1:])
+    elif first and row["events"]:
+        row = dict(row, events=[dict(row["events"][0], created_ms=first)] + row["events"][1:])
     return row
 

@@ -7,11 +7,13 @@ for what, with the numbers:
 
 - ``infeasible``: a task or actor asks for more than any node has (its
   request against the largest node's totals);
-- ``waiting_on_pending``: a task waits for an argument whose producer is
-  itself pending, followed down the chain to what the last one waits for;
+- ``waiting_on_pending``: a task waits for an argument (any of them) whose
+  producer is itself pending, followed down the chain to what the last one
+  waits for;
 - ``resource_deadlock``: a task or actor needs resources that are held by
-  actors (or tasks) whose running calls are blocked in ``get``, waiting,
-  directly or not, for that very work (more nested ``get``s than CPUs);
+  actors whose running calls are blocked in ``get``, waiting, directly or
+  through a chain of pending producers, for that very work (more nested
+  ``get``s than CPUs; an actor its callers' actors leave no room for);
 - ``placement_group``: a placement group that is still PENDING, with the
   reason it cannot be placed;
 - ``straggler``: a task running far longer than its function usually
@@ -72,7 +74,17 @@ def _resources(request: dict) -> str:
 
 
 def _label(t: dict) -> str:
-    return f"task {t['name']} ({t['task_id'][:12]})"
+    """What a task row is, for a reader: ids in full (a submitter's tasks
+    share their first 16 hex digits)."""
+    if t["type"] == "ACTOR_CREATION_TASK":
+        return f"actor {t['name']} ({t['actor_id']})"
+    if t["type"] == "ACTOR_TASK":
+        return f"actor call {t['name']} ({t['task_id']})"
+    return f"task {t['name']} ({t['task_id']})"
+
+
+def _producer(object_hex: str, by_id: dict) -> dict | None:
+    return by_id.get(object_hex[:24])       # an object's id is its task's id and an index
 
 
 def _infeasible(tasks: list, nodes: list) -> list[dict]:
@@ -106,23 +118,34 @@ def _waiting_on_pending(tasks: list, by_id: dict, nodes: list) -> list[dict]:
     for t in tasks:
         if t["state"] != "PENDING_ARGS_AVAIL" or not t.get("pending_args"):
             continue
-        chain, last = [], t
-        seen = {t["task_id"]}
-        while last["state"] == "PENDING_ARGS_AVAIL" and last.get("pending_args"):
-            producer = by_id.get(last["pending_args"][0][:24])
-            if producer is None or producer["task_id"] in seen:
-                break
-            seen.add(producer["task_id"])
-            chain.append(producer)
-            last = producer
-        if not chain or chain[0]["state"] not in PENDING:
-            continue                  # its producer runs: it is only waiting its turn
+        chain = _pending_chain(t, by_id)
+        if not chain:
+            continue                  # its producers run: it is only waiting its turn
         steps = " which waits for ".join(_label(p) for p in chain)
         out.append({"kind": "waiting_on_pending", "task_id": t["task_id"], "name": t["name"],
                     "chain": [p["task_id"] for p in chain],
                     "message": f"{_label(t)} waits for the result of {steps}, "
-                               f"which is {_why_pending(last, nodes)}."})
+                               f"which is {_why_pending(chain[-1], nodes)}."})
     return out
+
+
+def _pending_chain(t: dict, by_id: dict) -> list[dict]:
+    """The producers ``t`` waits for, from a pending one of its arguments'
+    producers down to the first that waits for no pending producer; [] when
+    every producer it waits for is running (or unknown)."""
+    chain, seen, last = [], {t["task_id"]}, t
+    while True:
+        nxt = None
+        for arg in last.get("pending_args") or ():
+            p = _producer(arg, by_id)
+            if p is not None and p["task_id"] not in seen and p["state"] in PENDING:
+                nxt = p
+                break
+        if nxt is None:
+            return chain
+        seen.add(nxt["task_id"])
+        chain.append(nxt)
+        last = nxt
 
 
 def _why_pending(t: dict, nodes: list) -> str:
@@ -138,23 +161,21 @@ def _why_pending(t: dict, nodes: list) -> str:
 
 
 def _deadlocks(tasks: list, actors: list, nodes: list, by_id: dict) -> list[dict]:
-    """Pending work whose resources are all in use by holders blocked in
-    get (a node's resources and their users are read at slightly different
-    moments: a use no known holder explains counts as one that will end)."""
-    blocked_actor_ids = {t["actor_id"] for t in tasks
-                         if t["type"] == "ACTOR_TASK" and t["state"] == "RUNNING"
-                         and t.get("blocked_in_get")}
-    holders = {}       # node id -> [(what, resources, blocked)]
+    """Pending work whose resources are all in use by actors blocked in get
+    on that very work (a node's resources and their users are read at
+    slightly different moments: a use no known holder explains counts as one
+    that will end). Tasks blocked in get lend their CPU, so only actors hold
+    resources while they wait."""
+    blocked_on: dict = {}       # actor id -> objects its blocked calls wait for
+    for t in tasks:
+        if t["type"] == "ACTOR_TASK" and t["state"] == "RUNNING" and t.get("blocked_in_get"):
+            blocked_on.setdefault(t["actor_id"], set()).update(t.get("blocked_on") or ())
+    holders = {}       # node id -> [(what, resources, objects waited for or None)]
     for a in actors:
         if a["state"] == "ALIVE" and not a.get("proxy") and a["required_resources"]:
             holders.setdefault(a["node_id"], []).append(
-                (f"actor {a['class_name']} ({a['actor_id'][:12]}, pid {a['pid']})",
-                 a["required_resources"], a["actor_id"] in blocked_actor_ids))
-    for t in tasks:
-        if t["type"] == "NORMAL_TASK" and t["state"] == "RUNNING" and t["required_resources"] \
-                and not t.get("blocked_in_get"):    # a task blocked in get lends its CPU
-            holders.setdefault(t["node_id"], []).append(
-                (_label(t), t["required_resources"], False))
+                (f"actor {a['class_name']} ({a['actor_id']}, pid {a['pid']})",
+                 a["required_resources"], blocked_on.get(a["actor_id"])))
     out = []
     for t in tasks:
         if t["state"] != "PENDING_NODE_ASSIGNMENT" or not t.get("required_resources"):
@@ -165,20 +186,44 @@ def _deadlocks(tasks: list, actors: list, nodes: list, by_id: dict) -> list[dict
             continue
         stuck = []
         for n in fitting:
-            blocked = [h for h in holders.get(n["node_id"], []) if h[2]]
+            blocked = [h for h in holders.get(n["node_id"], []) if h[2] is not None]
             if not blocked or not _all_used_by(n, request, blocked):
                 break
             stuck += blocked
         else:
+            # a deadlock only if some of them wait (directly or not) for this work
+            if not any(_waits_for(oid, t, by_id) for _, _, objs in stuck for oid in objs):
+                continue
             names = "; ".join(f"{what} holds {_resources(res)}" for what, res, _ in stuck)
             out.append({"kind": "resource_deadlock", "task_id": t["task_id"],
                         "name": t["name"], "holders": [what for what, _, _ in stuck],
                         "message": f"{_label(t)} needs {_resources(request)}, but what "
                                    f"it needs is held by callers blocked in get: {names}. "
-                                   f"They wait for work that cannot start until they "
-                                   f"release it: give the actors num_cpus=0 (or fewer "
+                                   f"They wait for its result, which cannot come until "
+                                   f"they release it: give the actors num_cpus=0 (or fewer "
                                    f"CPUs), or avoid get() inside them."})
     return out
+
+
+def _waits_for(object_hex: str, target: dict, by_id: dict, seen=None) -> bool:
+    """Whether the object comes from ``target``, or from pending work that
+    waits for it: a chain of pending producers, or a call to the actor that
+    ``target`` creates."""
+    seen = set() if seen is None else seen
+    p = _producer(object_hex, by_id)
+    if p is None or p["task_id"] in seen:
+        return False
+    seen.add(p["task_id"])
+    if p["task_id"] == target["task_id"]:
+        return True
+    if target["type"] == "ACTOR_CREATION_TASK" and p["type"] == "ACTOR_TASK" \
+            and p["actor_id"] == target["actor_id"] and p["state"] not in ("RUNNING",
+                                                                          "FINISHED", "FAILED"):
+        return True
+    if p["state"] not in ("PENDING_ARGS_AVAIL", "PENDING_NODE_ASSIGNMENT",
+                          "PENDING_ACTOR_TASK_ORDERING_OR_CONCURRENCY"):
+        return False
+    return any(_waits_for(arg, target, by_id, seen) for arg in p.get("pending_args") or ())
 
 
 def _all_used_by(node: dict, request: dict, blocked: list) -> bool:
@@ -209,7 +254,7 @@ def _pending_groups(groups: list, nodes: list) -> list[dict]:
                       f"do not hold them now")
         out.append({"kind": "placement_group", "placement_group_id": g["placement_group_id"],
                     "name": g["name"],
-                    "message": f"placement group {g['name'] or g['placement_group_id'][:12]} "
+                    "message": f"placement group {g['name'] or g['placement_group_id']} "
                                f"is not placed: {reason}."})
     return out
 

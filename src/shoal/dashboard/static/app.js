@@ -241,7 +241,9 @@ async function showTask(t) {
   try {
     const row = await api("/api/tasks/" + encodeURIComponent(t.task_id));
     box.innerHTML = `<h2>Task ${esc(row.name)} <span class="mono">${esc(row.task_id)}</span> ${st(row.state)}</h2>` +
-      table(row.events || [], [["state", e => st(e.state)], ["at", e => when(e.created_ms)]]) +
+      table(row.events || [], [["state", e => st(e.state)], ["at", e => when(e.created_ms)],
+        ["where", e => (e.node_id ? "node " + short(e.node_id) : "") +
+                       (e.worker_pid ? ` pid ${esc(e.worker_pid)}` : "")]]) +
       (row.error_type ? `<p class="error">${esc(row.error_type)}: ${esc(row.error_message)}</p>` +
         (row.error_traceback ? `<pre class="traceback">${esc(row.error_traceback)}</pre>` : "") : "") +
       (row.worker_pid ? `<p><a href="#logs" id="task-logs">This task's output</a></p>` : "");
