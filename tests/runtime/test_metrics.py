@@ -8,7 +8,7 @@ import pytest
 import shoal
 from shoal.util import state
 from shoal.util.metrics import Counter, Gauge, Histogram
-from tests.conftest import wait_for
+from tests.conftest import touch, wait_for, wait_for_file
 
 
 def node_metrics() -> dict:
@@ -57,6 +57,25 @@ def test_counters_gauges_and_histograms_from_everywhere(shoal_cluster):
         sum(i * 7 for i in range(2))
 
 
+@shoal.remote
+def set_then_hold(gate):
+    from shoal.util.metrics import Gauge
+    Gauge("progress", "how far the long task is").set(3)
+    return wait_for_file(gate)
+
+
+def test_a_running_task_reports_its_last_update_without_a_new_one(shoal_cluster, tmp_path):
+    """One update, then the task goes on for long: the node gets it within
+    metrics_report_interval_s, not only when the task ends."""
+    gate = str(tmp_path / "gate")
+    running = set_then_hold.remote(gate)
+    wait_for(lambda: node_metrics()[0].get(("progress", ())) == ("gauge", 3.0), timeout=30,
+             what="the running task's gauge at the node")
+    assert not shoal.wait([running], timeout=0)[0]          # it is still running
+    touch(gate)
+    assert shoal.get(running, timeout=30)
+
+
 def test_prometheus_text_of_the_node(shoal_cluster):
     pytest.importorskip("prometheus_client", reason="the dashboard extra is not installed")
     from shoal.dashboard import prometheus
@@ -101,3 +120,27 @@ def test_bad_metrics_say_what_is_wrong():
     with pytest.raises(ValueError, match="strictly increasing"):
         Histogram("h", boundaries=[5, 1])
     assert c.set_default_tags({"route": "/home"}) is c       # then tags may be left out
+
+
+def test_nodes_reporting_one_name_as_different_metrics_do_not_break_the_page():
+    """A counter on one node and a histogram of the same name on another (or
+    other boundaries, or other tag keys): the first node's series is kept,
+    the others are counted in shoal_metric_conflicts."""
+    pytest.importorskip("prometheus_client", reason="the dashboard extra is not installed")
+    from shoal.dashboard import prometheus
+
+    def node(nid, metrics):
+        return {"node_id": nid, "state": "ALIVE", "resources_total": {"CPU": 1.0},
+                "resources_available": {"CPU": 1.0}, "stats": {"metrics": metrics}}
+    rows = [node("a", [("x", "counter", "", None, (), 2.0),
+                       ("h", "histogram", "", [1, 10], (), [[1, 1, 0], 5.5, 2])]),
+            node("b", [("x", "histogram", "", [1], (), [[1, 0], 0.5, 1]),
+                       ("h", "histogram", "", [1, 100], (), [[1, 0, 0], 0.5, 1])]),
+            node("c", [("x", "counter", "", None, (("k", "v"),), 1.0)])]
+    text = prometheus.render(rows).decode()
+    assert 'shoal_x_total{NodeId="a"} 2.0' in text
+    assert 'shoal_h_bucket{NodeId="a",le="10.0"} 2.0' in text
+    series = [line for line in text.splitlines() if line.startswith(("shoal_x", "shoal_h"))]
+    assert series and all('NodeId="a"' in line for line in series)
+    for name, nid in (("x", "b"), ("h", "b"), ("x", "c")):
+        assert f'shoal_metric_conflicts{{NodeId="{nid}",metric="{name}"}} 1.0' in text

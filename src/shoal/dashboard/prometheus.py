@@ -80,7 +80,12 @@ def _gauge(name: str, doc: str, labels: list, samples: list) -> GaugeMetricFamil
 
 
 def _user_metrics(stats: list):
+    """One family per user metric name, as the first node reporting it made
+    it; a node whose metric of that name has another kind, other histogram
+    boundaries or other tag keys is left out of it and counted in
+    shoal_metric_conflicts (name and node), not allowed to break the page."""
     families: dict = {}
+    conflicts: list = []
     for nid, s in stats:
         for name, kind, description, boundaries, tags, value in s.get("metrics") or ():
             keys = ["NodeId"] + [k for k, _ in tags]
@@ -91,10 +96,12 @@ def _user_metrics(stats: list):
                        "histogram": HistogramMetricFamily}[kind]
                 family = families[name] = (cls(full, description or name, labels=keys), kind,
                                            boundaries)
-            fam, kind, bounds = family
+            fam, first_kind, bounds = family
             labels = [nid] + [v for _, v in tags]
-            if len(labels) != len(fam._labelnames):
-                continue                  # another process used other tag keys: skip it
+            if kind != first_kind or len(labels) != len(fam._labelnames) or \
+                    (kind == "histogram" and list(boundaries or ()) != list(bounds or ())):
+                conflicts.append((name, nid))
+                continue
             if kind == "histogram":
                 counts, total, _ = value
                 running, buckets = 0, []
@@ -106,6 +113,14 @@ def _user_metrics(stats: list):
                 fam.add_metric(labels, value)
     for fam, _, _ in families.values():
         yield fam
+    if conflicts:
+        counted: dict = {}
+        for key in conflicts:
+            counted[key] = counted.get(key, 0) + 1
+        yield _gauge("shoal_metric_conflicts",
+                     "user metric series left out: another kind, boundaries or tag keys "
+                     "than the first node's series of that name",
+                     ["metric", "NodeId"], list(counted.items()))
 
 
 def _le(bound: float) -> str:

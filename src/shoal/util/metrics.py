@@ -37,6 +37,9 @@ class _Pending:
         self.changes: dict = {}       # (name, tags) -> [kind, description, boundaries, value]
         self.first_change = 0.0
         self.interval = None
+        # a one-shot timer that reports what a still-running task recorded;
+        # it exits after firing (daemon: a process exiting does not wait for it)
+        self.timer: threading.Timer | None = None
 
     def add(self, metric, tags: tuple, kind: str, value) -> None:
         key = (metric._name, tags)
@@ -66,8 +69,23 @@ class _Pending:
             return
         if self.interval is None:
             self.interval = config.get("metrics_report_interval_s")
-        if core.is_driver or time.monotonic() - self.first_change >= self.interval:
+        waited = time.monotonic() - self.first_change
+        if core.is_driver or waited >= self.interval:
             report(core)
+            return
+        with self.lock:
+            if self.timer is None:
+                self.timer = threading.Timer(self.interval - waited, self._on_timer)
+                self.timer.daemon = True
+                self.timer.start()
+
+    def _on_timer(self) -> None:
+        with self.lock:
+            self.timer = None
+        try:
+            report()
+        except Exception:     # the connection to the node is gone: the process is ending
+            pass
 
     def take(self) -> list:
         with self.lock:
