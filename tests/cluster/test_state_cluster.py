@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import psutil
 import pytest
 
@@ -25,6 +26,11 @@ from .test_multinode import GET_TIMEOUT, cluster, driver, node_id  # noqa: F401
 def where_held(gate):
     assert wait_for_file(gate)
     return node_id()
+
+
+@shoal.remote
+def make_array(n):
+    return np.ones(n, np.uint8)
 
 
 @shoal.remote
@@ -162,7 +168,30 @@ def test_the_cli_lists_summarises_and_writes_a_timeline(cluster, driver, tmp_pat
     assert sum(e["name"] == "where_held" for e in runs) == 3
 
     out = cli("memory", "--stats-only")
-    assert out.returncode == 0 and "object store:" in out.stdout
+    assert out.returncode == 0, out.stderr
+    stores = [line for line in out.stdout.splitlines() if "object store" in line]
+    assert len(stores) == 2 and any(b in line for line in stores)
+
+    # objects by size and owner, on every node: a put of this driver, and a
+    # result made on b for it (held on b, a marker of it on the head's node)
+    mine = shoal.put(np.zeros(3_000_000, np.uint8))
+    theirs = make_array.options(resources={"at_b": 0.01}).remote(2_000_000)
+    shoal.wait([theirs], timeout=GET_TIMEOUT)
+    out = cli("memory")
+    assert out.returncode == 0, out.stderr
+    rows = {}
+    for line in out.stdout.splitlines():
+        if line[:24] in (mine.hex()[:24], theirs.hex()[:24]):
+            rows.setdefault(line.split()[0], []).append(line)
+    (put_row,) = rows[mine.hex()]
+    assert "3000" in put_row and f"driver pid {os.getpid()}" in put_row
+    assert cluster.ids["head"][:12] in put_row
+    made = rows[theirs.hex()]
+    assert any(b[:12] in line and "SHARED_MEMORY" in line and "make_array" in line
+               for line in made)
+    lines = out.stdout.splitlines()
+    assert lines.index(put_row) < lines.index(made[0])          # largest first
+    del mine, theirs
 
     # the CLI connects as a tool: neither its earlier runs nor this one is a job
     # or a worker; this process, a driver, is one job, RUNNING

@@ -11,6 +11,7 @@ import os
 
 from ..exceptions import GetTimeoutError, ObjectStoreFullError
 from ..node.services import DRIVER
+from ..object_store.table import DRIVER_OWNER
 from ..transport.messages import SPILLED
 from .base import Core
 
@@ -47,6 +48,7 @@ class DriverCore(Core):
             freed: list = []
             node._apply_local_deltas(freed)
             node._store(object_id, value, freed)
+            node._set_owner(object_id, DRIVER_OWNER)
             node._free(freed)
 
     def fetch(self, ids: list, timeout):

@@ -28,6 +28,7 @@ from collections import OrderedDict, deque
 from ..exceptions import ObjectLostError, ObjectStoreFullError
 from ..object_ref import MappingLease, adopted_ref
 from ..object_store.spill import SpillLost
+from ..object_store.table import DRIVER_OWNER
 from ..scheduler.task import mapped_id
 from ..transport import messages as m
 from .records import FINISHED, uncount
@@ -337,8 +338,10 @@ class NodeMemory:
             by_pid = dict(holders.get(oid, ()))
             driver_refs = e.refs - sum(by_pid.values())
             mapped = entries.get(mapped_id(oid))
+            owner, owner_pid = self._owner_of(oid, e)
             rows.append({
                 "object_id": oid.hex(), "size": size, "where": where,
+                "owner": owner, "owner_pid": owner_pid,
                 "refs": e.refs, "driver_refs": driver_refs, "worker_refs": by_pid,
                 "pins": e.pins, "mapped": mapped.refs if mapped is not None else 0,
                 "task": e.maker or self._producer_name(oid),
@@ -355,6 +358,24 @@ class NodeMemory:
             "restored_total": spill.restored_total if spill else 0,
             "spill_directory": spill.created_path if spill else None,
         }
+
+    def _owner_of(self, oid: bytes, e) -> tuple[str, int | None]:
+        """Who made the object here, for a reader: (text, pid or None)."""
+        owner = e.owner
+        if owner is None and oid[12:] != b"\0\0\0\0":
+            first = self.objects.get(oid[:12] + b"\0\0\0\1")   # a generator's items
+            owner = first.owner if first is not None else None
+        if owner is None:
+            return "", None
+        if owner is DRIVER_OWNER:
+            return f"driver pid {self.driver_pid}", self.driver_pid
+        if owner.is_peer:
+            return f"node {owner.node_id.hex()}", None
+        if owner.proc is None:
+            return f"driver pid {owner.pid}", owner.pid
+        if owner.actor is not None:
+            return f"actor {owner.actor.class_name} pid {owner.pid}", owner.pid
+        return f"worker pid {owner.pid}", owner.pid
 
     def _producer_name(self, oid: bytes) -> str:
         if oid[12:] == b"\0\0\0\0":

@@ -286,6 +286,13 @@ class Node(NodeScheduling, NodeWorkerPool, NodeServices, NodeActors, NodePlaceme
     def _h_put(self, w, msg, freed) -> None:
         self._claim(w, msg[2])
         self._store(msg[1], msg[2], freed)
+        self._set_owner(msg[1], w)
+
+    def _set_owner(self, oid: bytes, owner) -> None:
+        """Who put ``oid`` (memory reports; task results get theirs at submit)."""
+        e = self.objects.get(oid)
+        if e is not None:
+            e.owner = owner
 
     def _h_done(self, w, msg, freed) -> None:     # hot: every task's end
         _, task_id, results, retryable, failure, run_start, run_end = msg

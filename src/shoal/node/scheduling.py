@@ -18,6 +18,7 @@ from collections import deque
 
 from ..exceptions import (ActorDiedError, InfeasibleTaskError, NodeDiedError,
                           ObjectStoreFullError, TaskUnschedulableError)
+from ..object_store.table import DRIVER_OWNER
 from ..scheduler.resources import NodeResources
 from ..scheduler.task import ACTOR_CALL, ACTOR_CREATE, STREAMING, TASK, TaskSpec, object_id_for
 from ..transport import messages as m
@@ -44,8 +45,9 @@ class NodeScheduling:
         tid = spec.task_id
         self.tasks[tid] = rec
         objects = self.objects
+        owner = DRIVER_OWNER if client is DRIVER else client
         for rid in spec.return_ids():
-            objects.expect(rid, spec.name)
+            objects.expect(rid, spec.name, owner)
         if spec.num_returns == STREAMING:
             rec.gen = self.generators[tid] = GeneratorState()
         for _, dep in spec.deps:

@@ -172,6 +172,7 @@ class NodeServices:
     def _svc_put(self, client, request_id, reply, oid, value) -> None:
         freed: list = []
         self._store(oid, value, freed)
+        self._set_owner(oid, client)
         self._free(freed)
         reply(True, None)
 

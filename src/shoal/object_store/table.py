@@ -37,9 +37,12 @@ class Lineage:
         self.live = live
 
 
+DRIVER_OWNER = "driver"       # an entry's owner: the driver in the node's own process
+
+
 class ObjectEntry:
     __slots__ = ("value", "refs", "pins", "waiters", "shm_offset", "expected", "lineage",
-                 "lineage_pins", "maker", "origins")
+                 "lineage_pins", "maker", "origins", "owner")
 
     def __init__(self):
         self.expected = False    # a task or put will produce it (else only refs named it)
@@ -52,6 +55,9 @@ class ObjectEntry:
         self.lineage_pins = 0    # finished tasks' specs that name it as an argument
         self.maker = None        # the name of the task that makes it (for memory reports)
         self.origins = None      # {peer link: copies it sent us} for a borrowed value (peers.py)
+        # who made it here (memory reports): the submitting or putting client
+        # (a worker or driver record, a peer link) or DRIVER_OWNER; None: unknown
+        self.owner = None
 
 
 class ObjectTable:
@@ -70,12 +76,14 @@ class ObjectTable:
             e = self.entries[object_id] = ObjectEntry()
         return e
 
-    def expect(self, object_id: bytes, maker: str | None = None) -> None:
-        """A task that produces ``object_id`` (called ``maker``) was submitted."""
+    def expect(self, object_id: bytes, maker: str | None = None, owner=None) -> None:
+        """A task that produces ``object_id`` (called ``maker``) was submitted
+        (by ``owner``)."""
         e = self.ensure(object_id)
         e.expected = True
         if maker is not None:
             e.maker = maker
+            e.owner = owner
 
     def is_lost(self, object_id: bytes) -> bool:
         """No value and nothing will produce one: the ref outlived its object

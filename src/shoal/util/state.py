@@ -30,7 +30,8 @@ DEFAULT_LIMIT = 100
 _ID_FIELDS = {"nodes": "node_id", "workers": "worker_id", "tasks": "task_id",
               "actors": "actor_id", "objects": "object_id",
               "placement_groups": "placement_group_id", "jobs": "job_id"}
-_BRIEF_HIDDEN = {"tasks": ("events", "forwarded", "pending_args", "run_us", "error_traceback"),
+_BRIEF_HIDDEN = {"tasks": ("events", "forwarded", "pending_args", "blocked_on", "run_us",
+                           "error_traceback"),
                  "actors": ("proxy",),
                  "placement_groups": ("is_owner",)}
 _OPS = ("=", "!=")
@@ -302,28 +303,40 @@ def _log_source(pid, node_id, actor_id, task_id, timeout, address) -> tuple:
 
 # ------------------------------------------------------------------ memory
 def memory_report() -> dict:
-    """This node's objects and store totals (see node/memory.py)."""
+    """This node's objects and store totals, with spill counters (see
+    node/memory.py)."""
     return _core(None).request("memory")
 
 
-def memory_summary(stats_only: bool = False) -> str:
-    report = memory_report()
+def memory_summary(stats_only: bool = False, timeout: float | None = 30,
+                   address: str | None = None) -> str:
+    """``shoal memory``: each node's store, then every object of the
+    cluster by size, with where it is, its node and its owner (the process
+    whose task or put made it), references, and the task that made it."""
     mb = 1e6
-    lines = [
-        f"object store: {report['store_used'] / mb:.1f} MB used of "
-        f"{report['store_capacity'] / mb:.1f} MB; spilled now {report['spilled_bytes'] / mb:.1f}"
-        f" MB (written {report['spilled_total'] / mb:.1f} MB, restored "
-        f"{report['restored_total'] / mb:.1f} MB in all)",
-        f"objects: {len(report['objects'])}",
-    ]
-    if not stats_only:
-        lines.append(f"{'object id':34} {'size':>12} {'where':14} {'refs':>5} {'driver':>6} "
-                     f"{'pins':>5} {'mapped':>6}  made by / worker refs")
-        for r in sorted(report["objects"], key=lambda r: -r["size"]):
-            workers = ", ".join(f"pid {pid}: {n}" for pid, n in r["worker_refs"].items())
-            lines.append(f"{r['object_id']:34} {r['size']:>12} {r['where']:14} {r['refs']:>5} "
-                         f"{r['driver_refs']:>6} {r['pins']:>5} {r['mapped']:>6}  "
-                         f"{r['task'] or '?'}{'; ' + workers if workers else ''}")
+    nodes = [n for n in list_nodes(limit=None, timeout=timeout, address=address)
+             if n["state"] == "ALIVE"]
+    lines = []
+    for n in sorted(nodes, key=lambda n: n["node_id"]):
+        st = n.get("stats") or {}
+        if "object_store_capacity" not in st:
+            continue                      # a driver's node without a store of its own
+        lines.append(f"node {n['node_id']}: object store {st['object_store_used'] / mb:.1f} MB "
+                     f"used of {st['object_store_capacity'] / mb:.1f} MB; spilled now "
+                     f"{st.get('spilled_bytes', 0) / mb:.1f} MB")
+    if stats_only:
+        return "\n".join(lines)
+    rows = list_objects(limit=None, timeout=timeout, raise_on_missing_output=False,
+                        address=address)
+    total = sum(r["size"] for r in rows)
+    lines.append(f"objects: {len(rows)}, {total / mb:.1f} MB")
+    lines.append(f"{'object id':34} {'size':>12} {'where':14} {'node':12} {'refs':>5} "
+                 f"{'pins':>5} {'mapped':>6}  owner; made by; refs by worker")
+    for r in sorted(rows, key=lambda r: (-r["size"], r["object_id"])):
+        workers = ", ".join(f"pid {pid}: {n}" for pid, n in r["worker_refs"].items())
+        lines.append(f"{r['object_id']:34} {r['size']:>12} {r['where']:14} "
+                     f"{r['node_id'][:12]:12} {r['refs']:>5} {r['pins']:>5} {r['mapped']:>6}  "
+                     f"{r['owner'] or '?'}; {r['task'] or '?'}{'; ' + workers if workers else ''}")
     return "\n".join(lines)
 
 
