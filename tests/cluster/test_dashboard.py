@@ -6,7 +6,7 @@ token it demands. Browser tests skip, saying why, where chromium or
 chromedriver is missing (.ci/run installs both).
 
 Set SHOAL_SCREENSHOTS=DIR to keep screenshots of the main pages there
-(docs/dashboard-*.png were made so).
+(docs/images/dashboard-*.png were made so).
 """
 from __future__ import annotations
 
@@ -21,12 +21,14 @@ from http.cookiejar import CookieJar
 from urllib.parse import urlparse
 
 import cloudpickle
+import numpy as np
 import pytest
 
 import shoal
 from shoal.cluster import launch
 from shoal.cluster.state import StateDir
 from shoal.util import state
+from shoal.util.placement_group import placement_group
 
 from .. import conftest
 from ..conftest import touch, wait_for, wait_for_file
@@ -222,6 +224,9 @@ def test_the_pages_in_a_browser(dashboard_cluster, browser, tmp_path):
     url, token = dashboard_cluster
     gate, running, trainer = run_workload(tmp_path)
     stuck = parse_record.options(num_cpus=8).remote("{}")      # no node has 8 CPUs
+    big = shoal.put(np.zeros(8_000_000, np.uint8))
+    gang = placement_group([{"CPU": 0.1}, {"CPU": 0.1}], strategy="STRICT_PACK", name="gang")
+    shoal.get(gang.ready(), timeout=60)
 
     def page_text() -> str:
         return browser.execute_script("return document.body ? document.body.innerText : ''")
@@ -249,7 +254,7 @@ def test_the_pages_in_a_browser(dashboard_cluster, browser, tmp_path):
     text_appears("Nodes (1 alive)")
     node_id = shoal.get_runtime_context().get_node_id()
     text_appears(node_id[:12])
-    assert "CPU" in page_text()
+    assert "CPU" in page_text() and "GiB / " in page_text()       # the machine's memory
     shot(browser, "overview")
 
     browser.get(url + "/#tasks")
@@ -286,12 +291,34 @@ def test_the_pages_in_a_browser(dashboard_cluster, browser, tmp_path):
     page_shown("Why is it stuck")
     text_appears("can never be scheduled")
     shot(browser, "doctor")
-    for page in ("jobs", "objects", "placement", "timeline"):
-        browser.get(url + "/#" + page)
-        page_shown({"jobs": "Jobs", "objects": "Memory", "placement": "Placement groups",
-                    "timeline": "Timeline"}[page])
-        if page == "timeline":
-            shot(browser, "timeline")
+    # objects and memory: the driver's 8 MB put, largest first, with its owner
+    browser.get(url + "/#objects")
+    page_shown("Memory")
+    text_appears(big.hex())
+    row = browser.execute_script(f"""
+        for (const tr of document.querySelectorAll('tr'))
+            if (tr.innerText.includes('{big.hex()}')) return tr.innerText;""")
+    assert "8000" in row and "SHARED_MEMORY" in row and f"driver pid {os.getpid()}" in row
+    shot(browser, "objects")
+
+    browser.get(url + "/#placement")
+    page_shown("Placement groups")
+    text_appears("gang")
+    assert "CREATED" in page_text() and "STRICT_PACK" in page_text()
+
+    browser.get(url + "/#timeline")
+    page_shown("Timeline")
+    WebDriverWait(browser, 30, poll_frequency=0.2).until(lambda d: d.execute_script(
+        "return [...document.querySelectorAll('#chart rect title')]"
+        ".some(t => t.textContent.includes('Trainer.step'))"))
+    shot(browser, "timeline")
+
+    # the overview is live: a node's running-task count follows the work
+    browser.get(url + "/#overview")
+    text_appears("1 running")
+    touch(gate)
+    assert shoal.get(running, timeout=60)
+    text_appears("0 running")
 
     # a driver's job links to its tasks: the tasks page filtered by that job
     job = shoal.get_runtime_context().get_job_id()
@@ -311,8 +338,6 @@ def test_the_pages_in_a_browser(dashboard_cluster, browser, tmp_path):
     browser.get(url + "/#overview")
     assert urlparse(browser.current_url).path == "/login"
     shoal.cancel(stuck)
-    touch(gate)
-    assert shoal.get(running, timeout=60)
 
 
 # ---------------------------------------------------- a local cluster's

@@ -24,11 +24,13 @@ import time
 
 from ..exceptions import (ActorUnschedulableError, InfeasibleTaskError,
                           TaskPlacementGroupRemoved, TaskUnschedulableError)
+from ..object_store.table import DRIVER_OWNER
 from ..scheduler.resources import NodeResources
 from ..scheduler.task import ACTOR_CALL, ACTOR_CREATE, TASK, object_id_for
 from ..serialization import pack_inline, serialize
 from ..transport import messages as m
 from .records import RUNNING
+from .services import DRIVER
 
 PENDING, CREATED, REMOVED = "PENDING", "CREATED", "REMOVED"
 LOST = b"lost"       # pg.nodes entry of a bundle whose node died (spread_pg.py)
@@ -100,7 +102,8 @@ class NodePlacement:
         self.placement_groups[pg_id] = pg
         if name:
             self.pg_names[(namespace, name)] = pg_id
-        self.objects.expect(pg.ready_id)
+        self.objects.expect(pg.ready_id, f"placement group {name or pg_id.hex()} ready",
+                            DRIVER_OWNER if client is DRIVER else client)
         self.objects.pin(pg.ready_id)        # held until the group is removed
         reason = self._pg_infeasible(pg)
         if reason is not None:

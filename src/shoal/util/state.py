@@ -203,7 +203,7 @@ def summarize_objects(timeout: float | None = 30, address: str | None = None) ->
     rows = _query("objects", address, timeout, False)
     summary: dict = {}
     for r in rows:
-        key = r["task"] or "put"
+        key = r["task"] or "?"
         group = summary.setdefault(key, {"task": key, "total_objects": 0, "total_size_bytes": 0,
                                          "where_counts": {}})
         group["total_objects"] += 1

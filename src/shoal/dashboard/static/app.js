@@ -51,8 +51,9 @@ function resourceBars(n) {
   const total = n.resources_total || {}, free = n.resources_available || {};
   return Object.keys(total).filter(k => total[k] > 0).sort().map(k => {
     const used = Math.max(0, total[k] - (k in free ? free[k] : total[k]));
+    // "memory" is the schedulable resource (what tasks asked for), not the machine's use
     const text = k === "memory" ? `${gb(used)} / ${gb(total[k])}` : `${+used.toFixed(2)} / ${total[k]}`;
-    return `<div>${esc(k)} ${bar(used, total[k], text)}</div>`;
+    return `<div>${esc(k === "memory" ? "memory (reserved)" : k)} ${bar(used, total[k], text)}</div>`;
   }).join("");
 }
 
@@ -66,6 +67,9 @@ const pages = {
                      (n.is_driver_node ? " (driver)" : "")],
       ["address", n => esc(n.node_ip)], ["state", n => st(n.state)],
       ["resources used / total", resourceBars],
+      ["machine memory", n => n.stats && n.stats.memory_total ?
+        bar(n.stats.memory_used, n.stats.memory_total,
+            `${gb(n.stats.memory_used)} / ${gb(n.stats.memory_total)}`) : ""],
       ["object store", n => n.stats && n.stats.object_store_capacity ?
         bar(n.stats.object_store_used, n.stats.object_store_capacity,
             `${mb(n.stats.object_store_used)} / ${mb(n.stats.object_store_capacity)}`) +
@@ -156,7 +160,8 @@ const pages = {
         ["where", g => esc(Object.entries(g.where_counts).map(([k, v]) => `${k}: ${v}`).join(", "))],
       ]) + "</section><section><h2>Largest objects</h2>" + table(objects.slice(0, 200), [
         ["object", o => full(o.object_id)], ["size", o => esc(o.size)], ["where", o => esc(o.where)],
-        ["refs", o => esc(o.refs)], ["made by", o => esc(o.task)], ["node", o => short(o.node_id)],
+        ["refs", o => esc(o.refs)], ["owner", o => esc(o.owner)], ["made by", o => esc(o.task)],
+        ["node", o => short(o.node_id)],
       ]) + "</section>";
   },
 
