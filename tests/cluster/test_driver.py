@@ -11,7 +11,7 @@ import pytest
 
 from shoal.cluster import launch
 
-from ..conftest import wait_for, wait_for_file
+from ..conftest import FILE_HELPERS, wait_for, wait_for_file
 
 
 def run_driver(code: str, timeout: float = 60, env_extra=None, wait=True):
@@ -188,3 +188,46 @@ def test_workers_output_reaches_the_connected_driver(head):
     assert out.returncode == 0, out.stderr
     assert "(chatty pid=" in out.stdout and "hello from the cluster" in out.stdout
     assert "and to stderr" in out.stderr
+
+
+def test_each_driver_sees_only_its_own_jobs_output(head, tmp_path):
+    """Two drivers on one node: what a job's tasks print goes to that job's
+    driver, not to the other. Each driver prints through a task, waits to
+    see it, then (once the other has seen its own) prints once more: had
+    the other's line been sent here, it would have arrived before that."""
+    code = FILE_HELPERS + """
+import io, os, sys, time
+import shoal
+me, other, marks = sys.argv[1], sys.argv[2], sys.argv[3]
+shoal.init(address="auto")
+
+@shoal.remote(num_cpus=0)
+def say(text):
+    print(text)
+
+seen = io.StringIO()
+real, sys.stdout = sys.stdout, seen
+
+def show(text):
+    shoal.get(say.remote(text))
+    deadline = time.monotonic() + 30       # output travels apart from the result
+    while text not in seen.getvalue():
+        assert time.monotonic() < deadline, "never saw " + text
+        time.sleep(0.01)
+
+show("first words of " + me)
+touch(os.path.join(marks, me))
+assert wait_for_file(os.path.join(marks, other), 60)
+show("last words of " + me)
+sys.stdout = real
+print(seen.getvalue())
+"""
+    procs = {name: subprocess.Popen([sys.executable, "-c", code, name, other, str(tmp_path)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name, other in (("alpha", "beta"), ("beta", "alpha"))}
+    for name, p in procs.items():
+        out, err = p.communicate(timeout=90)
+        assert p.returncode == 0, err
+        other = "beta" if name == "alpha" else "alpha"
+        assert f"first words of {name}" in out and f"last words of {name}" in out
+        assert other not in out, out

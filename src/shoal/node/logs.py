@@ -5,8 +5,9 @@ Each relayed line gets Ray's prefix, ``(name pid=123)``, naming the task or
 actor that printed it. A worker announces the name it runs under with a
 marker line (``LABEL_MARKER`` + name) whenever the name changes, on both
 streams, and the first output of each task with ``TASK_MARKER`` + task id
-+ " " + name (worker/output.py); the relay swallows both and remembers the
-name per stream. The log file (``worker-<pid>.out`` / ``.err`` in the
++ " " + job id + " " + name (worker/output.py); the relay swallows both and
+remembers the name and job per stream, and hands each piece of output to
+the node with its job, which shows it only to that job's driver. The log file (``worker-<pid>.out`` / ``.err`` in the
 node's log directory) holds the lines as printed, with the task markers
 kept, so that ``task_output`` can cut out what one task printed.
 """
@@ -24,18 +25,18 @@ MAX_LOG_READ = 1 << 20          # bytes one logs request returns at most
 
 
 class StreamRelay:
-    __slots__ = ("fd", "pid", "to_stderr", "label", "partial", "enabled", "sink", "log",
+    __slots__ = ("fd", "pid", "to_stderr", "label", "job", "partial", "sink", "log",
                  "logged")
 
-    def __init__(self, fd: int, pid: int, to_stderr: bool, enabled: bool, sink=None,
-                 log=None):
+    def __init__(self, fd: int, pid: int, to_stderr: bool, sink, log=None):
         self.fd = fd
         self.pid = pid
         self.to_stderr = to_stderr
         self.label = "worker"
+        self.job = None             # the job of the task now writing (None: not known)
         self.partial = b""
-        self.enabled = enabled      # write to this process's terminal
-        self.sink = sink            # and/or hand to sink(to_stderr, text): connected drivers
+        # sink(to_stderr, text, job_id): the node shows it to that job's driver
+        self.sink = sink
         self.log = log              # the worker's log file for this stream (binary), or None
         self.logged = 0             # bytes of ``partial`` already in the log
 
@@ -98,7 +99,11 @@ class StreamRelay:
                     self.label = line[len(LABEL_MARKER):].decode("utf-8", "replace")
                     continue
                 if line.startswith(TASK_MARKER):
-                    self.label = line.partition(b" ")[2].decode("utf-8", "replace")
+                    _, job, label = parse_task_marker(line)
+                    if job != self.job and out:         # what came before is the other job's
+                        self.sink(self.to_stderr, "".join(out), self.job)
+                        out = []
+                    self.job, self.label = job, label
                     kept.append(line)
                     continue
                 if line.startswith(PROGRESS_BYTES):    # a progress bar's report: for drivers
@@ -111,10 +116,19 @@ class StreamRelay:
             if self.logged and kept[0] is lines[0]:
                 data = data[self.logged:]       # its start went to the log already
             self._log(data)
-        if out and self.sink is not None:
-            self.sink(self.to_stderr, "".join(out))
-        if out and self.enabled:
-            write_output(self.to_stderr, "".join(out))
+        if out:
+            self.sink(self.to_stderr, "".join(out), self.job)
+
+
+def parse_task_marker(line: bytes) -> tuple[bytes, bytes | None, str]:
+    """(task id hex, job id or None, label) of a TASK_MARKER line."""
+    task_hex, _, rest = line[len(TASK_MARKER):].partition(b" ")
+    job_hex, _, label = rest.partition(b" ")
+    try:
+        job = bytes.fromhex(job_hex.decode()) if job_hex != b"-" else None
+    except ValueError:
+        job = None
+    return task_hex, job, label.decode("utf-8", "replace")
 
 
 def write_output(to_stderr: bool, text: str) -> None:
@@ -186,7 +200,7 @@ def task_output(data: bytes, task_hex: bytes) -> bytes:
     current = None
     for line in data.split(b"\n")[:-1] if data.endswith(b"\n") else data.split(b"\n"):
         if line.startswith(TASK_MARKER):
-            current = line[len(TASK_MARKER):].partition(b" ")[0]
+            current = parse_task_marker(line)[0]
         elif current == task_hex:
             out.append(line + b"\n")
     return b"".join(out)

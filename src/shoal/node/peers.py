@@ -301,10 +301,12 @@ class NodePeers:
         self.functions[msg[1]] = msg[2]
 
     def _l_output(self, link, msg, freed) -> None:
-        if self.driver_node:       # the driver is this process: print it here
-            write_output(msg[1], msg[2])
+        _, to_stderr, text, job = msg
+        if self.driver_node:       # the driver is this process: print its job's here
+            if job is None or job == self.job_id:
+                write_output(to_stderr, text)
             return
-        self._to_drivers(msg[1], msg[2], to_peers=False)
+        self._to_drivers(to_stderr, text, job, to_peers=False)
 
     _link_handlers = {m.FORWARD: _l_forward, m.PUSH: _l_push, m.RELEASE: _l_release,
                       m.CALL: _l_call, m.REPLY: _l_reply, m.EXPORT: _l_export,

@@ -14,7 +14,7 @@ from .. import config, scratch
 from ..exceptions import TaskCancelledError, WorkerCrashedError
 from ..scheduler.task import ACTOR_CALL, ACTOR_CREATE
 from ..transport import messages as m
-from .logs import StreamRelay, open_log
+from .logs import StreamRelay, open_log, write_output
 from .workers import BUSY, IDLE, STARTING, TOOL_CLIENT, spawn_worker
 
 
@@ -80,7 +80,7 @@ class NodeWorkerPool:
             logs = self._logs_dir()
             for fd, to_err in ((w.proc.stdout.fileno(), False), (w.proc.stderr.fileno(), True)):
                 os.set_blocking(fd, False)
-                relay = StreamRelay(fd, w.pid, to_err, self.log_to_driver, self._to_drivers,
+                relay = StreamRelay(fd, w.pid, to_err, self._to_drivers,
                                     open_log(logs, w.pid, to_err) if logs else None)
                 self.relays.append(relay)
                 w.relays.append(relay)
@@ -112,18 +112,24 @@ class NodeWorkerPool:
                 if relay in self.relays:
                     self.relays.remove(relay)
 
-    def _to_drivers(self, to_stderr: bool, text: str, to_peers: bool = True) -> None:
-        """Workers' output, for the drivers connected to this node and for
-        the nodes that sent us tasks (they pass it to their drivers)."""
+    def _to_drivers(self, to_stderr: bool, text: str, job: bytes | None = None,
+                    to_peers: bool = True) -> None:
+        """Output for the drivers of job ``job`` (None: for every driver):
+        this process's own (a driver's embedded node), the drivers connected
+        to this node, and the nodes that sent us tasks (they pass it on to
+        theirs)."""
+        if self.log_to_driver and (job is None or job == self.job_id):
+            write_output(to_stderr, text)
         if not self.driver_clients and not self.peers:
             return
         with self.lock:
             for w in self.driver_clients:
-                self._send(w, (m.OUTPUT, to_stderr, text))
+                if job is None or w.job_id == job:
+                    self._send(w, (m.OUTPUT, to_stderr, text))
             if to_peers:
                 for link in self.peers.values():
                     if link.submitted:
-                        self._send(link, (m.OUTPUT, to_stderr, text))
+                        self._send(link, (m.OUTPUT, to_stderr, text, job))
 
     def attach_driver(self, sock, pid: int, job_id: bytes, tool: bool = False) -> bytes:
         """A driver process connected to this node (cluster/agent.py): it

@@ -14,7 +14,7 @@ pickled exception; ``contained`` lists the ids of refs nested in the value.
 Task specs travel as the tuple made by ``TaskSpec.to_wire`` (scheduler/task.py).
 """
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 # worker -> node --------------------------------------------------------------
 HELLO = 1          # (HELLO, version, worker_id, pid)
@@ -39,7 +39,7 @@ REPLY = 21         # (REPLY, request_id, ok, value)
 CANCEL = 22        # (CANCEL, task_id)                   interrupt the task if it runs
 EXIT = 23          # (EXIT,)                             finish and exit
 REVOKE = 24        # (REVOKE, task_ids)                  give back these tasks if not started
-OUTPUT = 25        # (OUTPUT, to_stderr, text)           workers' output, to connected drivers
+OUTPUT = 25        # (OUTPUT, to_stderr, text[, job_id])  workers' output, to drivers (job_id on links: None for all)
 NODE_ID = 26       # (NODE_ID, node_id)                  the node rejoined under a new id
 
 # node <-> node (a peer link, node/peers.py; CALL, REPLY, EXPORT, OUTPUT too) ---

@@ -3,7 +3,8 @@
 The node keeps every worker's output in a log file and relays it to the
 driver (node/logs.py). To tell which task printed what, the first write of
 each task is preceded by a marker line, ``TASK_MARKER + task id + " " +
-label``, that the node swallows. The task is the one whose call is writing
+job id (or "-") + " " + label``, that the node swallows (the job id routes
+the output to that job's driver only). The task is the one whose call is writing
 (core/base.py ``CURRENT_TASK``, a context variable): in threaded and async
 actors, calls that overlap each get their own lines. A task that prints
 nothing costs nothing here; the marker is written only when output comes.
@@ -37,13 +38,15 @@ class TaggedStream(io.TextIOWrapper):
     def write(self, s: str) -> int:
         if not s:
             return 0
-        task_id = CURRENT_TASK.get().task_id
+        ctx = CURRENT_TASK.get()
+        task_id = ctx.task_id
         marker = ""
         if task_id is not self._marked:
             self._marked = task_id
             if task_id is not None:
+                job = ctx.job_id.hex() if ctx.job_id else "-"
                 marker = (("" if self._line_start else "\n")
-                          + f"{_MARK}{task_id.hex()} {self.label}\n")
+                          + f"{_MARK}{task_id.hex()} {job} {self.label}\n")
         self._line_start = s[-1] == "\n"
         super().write(marker + s)        # one write: another thread's cannot come between
         return len(s)
