@@ -280,6 +280,29 @@ def test_elastic_starts_small_and_grows_when_resources_return(shoal_cluster, tmp
     assert result.metrics["sum"] == 2.0
 
 
+def test_an_elastic_group_that_cannot_be_placed_gives_way_to_a_smaller_one(
+        shoal_cluster, tmp_path, monkeypatch):
+    from shoal.train import trainer as trainer_module
+    hog = Hog.remote()
+    shoal.get(hog.ready.remote())            # 1 of the 2 CPUs is taken
+    monkeypatch.setattr(trainer_module, "PLACE_S", 1.0)
+    t = DataParallelTrainer(lambda: shoal.train.report(
+                                {"world": shoal.train.get_context().get_world_size()}),
+                            scaling_config=ScalingConfig(num_workers=(1, 2)),
+                            run_config=RunConfig(name="stale", storage_path=str(tmp_path)))
+    counted = []
+    real_fits = t._fits
+
+    def stale_view(held=None):                # the first count sees both CPUs free
+        counted.append(held)
+        return 2 if len(counted) == 1 else real_fits(held)
+
+    t._fits = stale_view
+    result = t.fit()
+    assert result.world_sizes == [1] and result.metrics["world"] == 1
+    assert len(counted) >= 2                  # counted again after the 2 were not placed
+
+
 @pytest.mark.heavy
 def test_elastic_goes_on_with_fewer_workers_when_one_is_lost(shoal_cluster, tmp_path):
     box = Box.remote()

@@ -3,8 +3,9 @@ their reports and checkpoints, restart from the latest checkpoint when a
 worker dies (up to ``max_failures``), and for elastic runs
 (``num_workers=(min, max)``) shrink or grow the group between restarts.
 
-The driver's fit() loop per attempt: choose how many workers fit (waiting
-until at least min do), gang-place them, set up their collective group (and
+The driver's fit() loop per attempt: choose how many workers fit, counted
+node by node (waiting until at least min do), gang-place them (an elastic
+group that is not placed in time gives way to a smaller one), set up their collective group (and
 torch's process group), run the loop on all, and watch: a finished worker
 set ends the run, a failed one (a dead actor, a CollectiveError in the
 others, an exception in the loop) ends the attempt; while an elastic run has
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 
 import shoal
 from ..exceptions import ShoalError
+from ..util.state import list_nodes
 from .checkpoint import Checkpoint, pack
 from .config import RunConfig, ScalingConfig
 from .controller import Controller
@@ -30,6 +32,8 @@ from .worker_group import WorkerGroup
 log = logging.getLogger("shoal.train")
 
 WATCH_S = 0.5
+WARN_S = 10.0          # how often a wait for resources says so
+PLACE_S = 10.0         # how long an elastic group may take to be placed before a smaller try
 GROUP_TIMEOUT_S = 1800.0
 
 
@@ -96,9 +100,7 @@ class DataParallelTrainer:
         world_sizes: list[int] = []
         try:
             while True:
-                n = self._workers_that_fit()
-                world_sizes.append(n)
-                outcome, error = self._attempt(n, attempt, name, storage, controller)
+                outcome, error = self._attempt(attempt, name, storage, controller, world_sizes)
                 attempt += 1
                 if outcome == "finished":
                     break
@@ -128,12 +130,13 @@ class DataParallelTrainer:
                 f"error: {_one_line(error)}", result) from error
         return result
 
-    def _attempt(self, n: int, attempt: int, name: str, storage: str, controller):
+    def _attempt(self, attempt: int, name: str, storage: str, controller, world_sizes: list):
         """Run one worker group to its end: ("finished"|"failed"|"grow", error)."""
-        group = WorkerGroup(n, self.scaling.worker_resources(), self.scaling.placement_strategy,
-                            attempt, name, storage, GROUP_TIMEOUT_S)
+        group = None
         try:
-            started_at = shoal.get(controller.begin.remote(attempt, n))
+            group = self._placed_group(attempt, name, storage)
+            world_sizes.append(group.n)
+            started_at = shoal.get(controller.begin.remote(attempt, group.n))
             latest = shoal.get(controller.state.remote())["latest"]
             restore = latest or (self.resume_from.path if self.resume_from else None)
             data_ref = shoal.put(pack(restore)) if restore else None
@@ -147,23 +150,74 @@ class DataParallelTrainer:
                         shoal.get(ref)
                     except Exception as e:     # a worker died or the loop raised
                         return "failed", _root_cause(e, refs)
-                if pending and self._should_grow(n, controller, started_at):
+                if pending and self._should_grow(group, controller, started_at):
                     return "grow", None
             return "finished", None
-        except Exception as e:        # setting the group up failed
+        except Exception as e:        # placing or setting the group up failed
             return "failed", e
         finally:
-            group.shutdown()
+            if group is not None:
+                group.shutdown()
 
     # ---------------------------------------------------------------- sizing
     def _per_worker(self) -> dict:
         return self.scaling.worker_resources()
 
-    def _fits(self, available: dict) -> int:
+    def _placed_group(self, attempt: int, name: str, storage: str) -> WorkerGroup:
+        """A worker group whose placement group is placed. Fixed size: waits
+        for it as long as it takes. Elastic: as many workers as fit now
+        (``_workers_that_fit``); if that group is not placed within PLACE_S
+        (the nodes' free resources changed, or the view of them was stale)
+        it gives way to a smaller one, down to min, which waits as long as
+        it takes."""
+        strategy = self.scaling.placement_strategy
+        n = self._workers_that_fit()
+        while True:
+            group = WorkerGroup(n, self._per_worker(), strategy, attempt, name, storage,
+                                GROUP_TIMEOUT_S)
+            shrinkable = self.scaling.elastic and n > self.scaling.min_workers
+            try:
+                placed = group.wait_placed(PLACE_S if shrinkable else WARN_S)
+                while not placed and not shrinkable:
+                    log.warning("shoal.train: waiting for %d workers of %s (%s) to be placed",
+                                n, self._per_worker(), strategy)
+                    placed = group.wait_placed(WARN_S)
+            except BaseException:
+                group.shutdown()
+                raise
+            if placed:
+                return group
+            group.shutdown()
+            smaller = max(self.scaling.min_workers, min(n - 1, self._fits()))
+            log.warning("shoal.train: %d workers of %s (%s) could not be placed within %.0f s; "
+                        "trying %d", n, self._per_worker(), strategy, PLACE_S, smaller)
+            n = smaller
+
+    def _fits(self, held: dict | None = None) -> int:
+        """How many workers the alive nodes have room for now, counted node
+        by node (a worker's bundle cannot straddle nodes) and combined as
+        the placement strategy places bundles: PACK and SPREAD use every
+        node, STRICT_PACK one node, STRICT_SPREAD one worker per node.
+        ``held``: resources per node id to count as free too (what the
+        running group holds, when asking whether a bigger one fits)."""
         need = {k: v for k, v in self._per_worker().items() if v > 0}
         if not need:
             return self.scaling.max_workers
-        return min(math.floor(available.get(k, 0.0) / v + 1e-9) for k, v in need.items())
+        per_node = []
+        for node in list_nodes(filters=[("state", "=", "ALIVE")], limit=None):
+            if node["is_driver_node"]:
+                continue
+            free = dict(node["resources_available"])
+            for k, v in (held or {}).get(node["node_id"], {}).items():
+                free[k] = free.get(k, 0.0) + v
+            per_node.append(min(math.floor(free.get(k, 0.0) / v + 1e-9)
+                                for k, v in need.items()))
+        strategy = self.scaling.placement_strategy
+        if strategy == "STRICT_PACK":
+            return max(per_node, default=0)
+        if strategy == "STRICT_SPREAD":
+            return sum(1 for fit in per_node if fit > 0)
+        return sum(per_node)
 
     def _workers_that_fit(self) -> int:
         """Fixed size: that size (its placement group waits for resources).
@@ -172,19 +226,22 @@ class DataParallelTrainer:
             return self.scaling.max_workers
         warned_at = time.monotonic()
         while True:
-            n = min(self.scaling.max_workers, self._fits(shoal.available_resources()))
+            n = min(self.scaling.max_workers, self._fits())
             if n >= self.scaling.min_workers:
                 return n
-            if time.monotonic() - warned_at > 10:
-                log.warning("shoal.train: waiting for resources for %d workers of %s each "
-                            "(%d fit now)", self.scaling.min_workers, self._per_worker(), n)
+            if time.monotonic() - warned_at > WARN_S:
+                log.warning("shoal.train: waiting for resources for %d workers of %s (%s) "
+                            "(%d fit now)", self.scaling.min_workers, self._per_worker(),
+                            self.scaling.placement_strategy, n)
                 warned_at = time.monotonic()
             time.sleep(WATCH_S)
 
-    def _should_grow(self, n: int, controller, started_at: int) -> bool:
-        if not self.scaling.elastic or n >= self.scaling.max_workers:
+    def _should_grow(self, group: WorkerGroup, controller, started_at: int) -> bool:
+        """An elastic group below max restarts bigger (at the next complete
+        checkpoint) once a bigger group would fit where it stands."""
+        if not self.scaling.elastic or group.n >= self.scaling.max_workers:
             return False
-        if self._fits(shoal.available_resources()) < 1:
+        if self._fits(held=group.held()) <= group.n:
             return False
         state = shoal.get(controller.state.remote())
         return state["completed"] > started_at and state["latest"] is not None \

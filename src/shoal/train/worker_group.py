@@ -49,19 +49,14 @@ class TrainWorker:
             if workdir is not None:
                 shutil.rmtree(workdir, ignore_errors=True)
 
-    def close(self) -> None:
-        import shoal.collective as col
-        if col.is_group_initialized("default"):
-            col.destroy_collective_group("default")
-        try:
-            import torch.distributed as dist
-            if dist.is_initialized():
-                dist.destroy_process_group()
-        except ImportError:
-            pass
-
 
 class WorkerGroup:
+    """The workers of one attempt. Created with its placement group pending:
+    ``wait_placed`` until the group is placed, then ``start``, ``run``, and
+    always ``shutdown``, which kills the workers (SIGKILL: their collective
+    group's memory and sockets and torch's process group go with the
+    processes, so nothing is closed first) and removes the placement group."""
+
     def __init__(self, n: int, resources: dict, strategy: str, attempt: int, name: str,
                  storage: str, timeout_s: float):
         self.n = n
@@ -70,9 +65,22 @@ class WorkerGroup:
         self.actors: list = []
         self.attempt, self.name, self.storage, self.timeout_s = attempt, name, storage, timeout_s
         self.resources = resources
+        self.nodes: list = []          # the node id of each rank, once started
+
+    def wait_placed(self, timeout_s: float) -> bool:
+        """True once every bundle is reserved; False if not within ``timeout_s``."""
+        return self.pg.wait(timeout_s)
+
+    def held(self) -> dict:
+        """The resources the started workers hold, by node id."""
+        out: dict = {}
+        for node in self.nodes:
+            mine = out.setdefault(node, {})
+            for k, v in self.resources.items():
+                mine[k] = mine.get(k, 0.0) + v
+        return out
 
     def start(self, torch_backend: str | None) -> None:
-        shoal.get(self.pg.ready())
         cls = shoal.remote(max_restarts=0)(TrainWorker)
         res = dict(self.resources)
         num_cpus, num_gpus = res.pop("CPU", 0), res.pop("GPU", 0)
@@ -83,6 +91,7 @@ class WorkerGroup:
         where = shoal.get([a.where.remote() for a in self.actors])
         nodes = list(dict.fromkeys(node for node, _ in where))
         self.pids = [pid for _, pid in where]
+        self.nodes = [node for node, _ in where]
         infos = []
         for rank, (node, _) in enumerate(where):
             same = [r for r, (nd, _) in enumerate(where) if nd == node]
