@@ -5,8 +5,10 @@
 A synthetic classification set (two interleaved spirals, fixed seed); each
 worker trains on its half through DistributedDataParallel, reports the
 validation accuracy every epoch with a checkpoint, and resumes from the
-latest checkpoint after a failure (``--max-failures``). Prints the final
-accuracy; the same number of epochs on 1 worker reaches the same accuracy.
+latest checkpoint after a failure (``--max-failures``): the model, the
+optimiser and the data loader's epoch (its shuffle), so that the run ends
+with the same model as one without failure. Prints the final accuracy; the
+same number of epochs on 1 worker reaches the same accuracy.
 """
 from __future__ import annotations
 
@@ -52,6 +54,7 @@ def train_loop(config: dict) -> None:
         _unwrap(model).load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         start = state["epoch"] + 1
+        loader.set_epoch(start)     # shuffled as epoch `start` of a run without failure
     ctx = shoal.train.get_context()
     for epoch in range(start, config["epochs"]):
         if config.get("die_at_epoch") == epoch and ctx.get_attempt() == 0 \

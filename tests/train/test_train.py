@@ -52,10 +52,36 @@ def resume_step() -> int:
         return int(f.read()) + 1
 
 
+@shoal.remote(num_cpus=0)
+class Box:
+    """Where tests and workers meet: pids to kill, flags, and notes."""
+
+    def __init__(self):
+        self.pids, self.flags, self.noted = {}, set(), {}
+
+    def put_pid(self, rank, attempt, pid):
+        self.pids[(rank, attempt)] = pid
+
+    def pid(self, rank, attempt):
+        return self.pids.get((rank, attempt))
+
+    def flag(self, name):
+        self.flags.add(name)
+
+    def has(self, name):
+        return name in self.flags
+
+    def note(self, key, value):
+        self.noted[key] = value
+
+    def notes(self):
+        return self.noted
+
+
 # ---------------------------------------------------------------- the examples
 @pytest.mark.heavy
 def test_ddp_on_two_workers_matches_one_worker(shoal_cluster, tmp_path):
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     mlp = example("train_mlp")
     one = mlp.main(["--workers", "1", "--epochs", "5", "--samples", "2000",
                     "--storage", str(tmp_path / "one")])
@@ -63,19 +89,29 @@ def test_ddp_on_two_workers_matches_one_worker(shoal_cluster, tmp_path):
                     "--storage", str(tmp_path / "two")])
     assert one > 0.9 and two > 0.9
     assert abs(one - two) < 0.05
-    assert torch is not None
 
 
 @pytest.mark.heavy
-def test_a_worker_sigkilled_mid_run_finishes_from_the_checkpoint(shoal_cluster, tmp_path, capsys):
-    pytest.importorskip("torch")
+def test_a_worker_sigkilled_mid_run_ends_with_the_model_of_a_run_without_failure(
+        shoal_cluster, tmp_path, capsys):
+    torch = pytest.importorskip("torch")
     mlp = example("train_mlp")
-    acc = mlp.main(["--workers", "2", "--epochs", "5", "--samples", "2000", "--die-at-epoch", "2",
-                    "--max-failures", "1", "--storage", str(tmp_path)])
+    args = ["--workers", "2", "--epochs", "4", "--samples", "1000"]
+    clean = mlp.main(args + ["--storage", str(tmp_path / "clean")])
+    killed = mlp.main(args + ["--die-at-epoch", "2", "--max-failures", "1",
+                              "--storage", str(tmp_path / "killed")])
     out = capsys.readouterr().out
-    assert "failures=1" in out and "epochs=5" in out
-    assert acc > 0.9
-    assert sorted(os.listdir(tmp_path / "mlp"))[-1] == "checkpoint_000004"
+    assert "failures=0" in out and "failures=1" in out and out.count("epochs=4") == 2
+    finals = []
+    for run in ("clean", "killed"):
+        last = sorted(os.listdir(tmp_path / run / "mlp"))[-1]
+        assert last == "checkpoint_000003"
+        finals.append(torch.load(tmp_path / run / "mlp" / last / "state.pt")["model"])
+    # resumed at epoch 2 with the model, the optimiser and the loader's epoch of
+    # the checkpoint, the killed run trains on the same batches from the same state
+    for name, weights in finals[0].items():
+        assert torch.equal(weights, finals[1][name]), name
+    assert killed == clean
 
 
 def test_framework_free_allreduce_matches_one_worker(shoal_cluster):
@@ -91,23 +127,90 @@ def test_mixture_of_experts_with_alltoall(shoal_cluster):
 
 
 # ---------------------------------------------------------------- context, data, reports
-def test_context_ranks_and_dataset_shards(shoal_cluster, tmp_path):
+def test_every_rank_has_its_context_and_its_dataset_shard(shoal_cluster, tmp_path):
+    box = Box.remote()
+
     def loop(config):
         ctx = shoal.train.get_context()
         shard = shoal.train.get_dataset_shard("train")
         total = col.allreduce(np.array([float(len(shard))]))
-        shoal.train.report({"rank": ctx.get_world_rank(), "world": ctx.get_world_size(),
-                            "local": ctx.get_local_rank(), "local_world": ctx.get_local_world_size(),
-                            "node_rank": ctx.get_node_rank(), "rows": [int(x) for x in shard],
-                            "total": float(total[0]), "lr": config["lr"]})
+        shoal.get(box.note.remote(ctx.get_world_rank(), {
+            "world": ctx.get_world_size(), "local": ctx.get_local_rank(),
+            "local_world": ctx.get_local_world_size(), "node_rank": ctx.get_node_rank(),
+            "rows": [int(x) for x in shard], "total": float(total[0])}))
+        shoal.train.report({"lr": config["lr"]})
 
     result = trainer(loop, tmp_path, train_loop_config={"lr": 0.5},
                      datasets={"train": np.arange(11)}).fit()
-    m = result.metrics
-    assert (m["rank"], m["world"], m["local"], m["local_world"], m["node_rank"]) == (0, 2, 0, 2, 0)
-    assert m["total"] == 11.0 and m["rows"] == list(range(m["rows"][0], m["rows"][0] + len(m["rows"])))
-    assert m["lr"] == 0.5 and m["training_iteration"] == 1
+    ranks = shoal.get(box.notes.remote())
+    assert sorted(ranks) == [0, 1]
+    for rank, r in ranks.items():       # one node: local ranks are the world ranks
+        assert (r["world"], r["local"], r["local_world"], r["node_rank"]) == (2, rank, 2, 0)
+        assert r["total"] == 11.0
+    rows = [ranks[0]["rows"], ranks[1]["rows"]]
+    assert rows[0] + rows[1] == list(range(11))          # contiguous, disjoint, all
+    assert len(rows[0]) in (5, 6) and len(rows[1]) in (5, 6)
+    assert result.metrics["lr"] == 0.5 and result.metrics["training_iteration"] == 1
     assert result.checkpoint is None and result.error is None and result.world_sizes == [2]
+
+
+def test_prepared_data_loaders_share_out_each_epoch_and_follow_set_epoch(shoal_cluster, tmp_path):
+    pytest.importorskip("torch")
+    box = Box.remote()
+
+    def loop():
+        import torch
+        from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+        from shoal.train.torch import prepare_data_loader
+        data = TensorDataset(torch.arange(10))
+        loader = prepare_data_loader(DataLoader(data, batch_size=3, shuffle=True))
+        passes = [[int(i) for (b,) in loader for i in b] for _ in range(2)]   # epochs 0, 1
+        loader.sampler.set_epoch(5)                                           # Ray's idiom
+        passes += [[int(i) for (b,) in loader for i in b] for _ in range(2)]  # epochs 5, 6
+        loader.set_epoch(0)
+        passes.append([int(i) for (b,) in loader for i in b])                 # epoch 0 again
+        rank = shoal.train.get_context().get_world_rank()
+        shoal.get(box.note.remote(rank, {
+            "passes": passes, "distributed": isinstance(loader.sampler, DistributedSampler)}))
+        shoal.train.report({})
+
+    from shoal.train.torch import TorchTrainer
+    TorchTrainer(loop, scaling_config=ScalingConfig(num_workers=2),
+                 run_config=RunConfig(name="loader", storage_path=str(tmp_path))).fit()
+    ranks = shoal.get(box.notes.remote())
+    assert ranks[0]["distributed"] and ranks[1]["distributed"]
+    for epoch, i in zip((0, 1, 5, 6, 0), range(5)):
+        mine, theirs = ranks[0]["passes"][i], ranks[1]["passes"][i]
+        assert not set(mine) & set(theirs) and sorted(mine + theirs) == list(range(10))
+        assert (mine, theirs) == (sampler_order(0, epoch), sampler_order(1, epoch))
+    assert ranks[0]["passes"][0] != ranks[0]["passes"][1]       # reshuffled each epoch
+
+
+def sampler_order(rank: int, epoch: int) -> list:
+    """The indices rank ``rank`` of 2 draws from 10 in ``epoch``, shuffled."""
+    from torch.utils.data import DistributedSampler
+    sampler = DistributedSampler(range(10), num_replicas=2, rank=rank, shuffle=True)
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def test_a_loaders_epoch_counts_on_from_the_one_the_loop_set():
+    torch = pytest.importorskip("torch")
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+    from shoal.train.torch import prepare_data_loader
+    data = TensorDataset(torch.arange(10))
+    loader = prepare_data_loader(DataLoader(data, batch_size=4, sampler=DistributedSampler(
+        data, num_replicas=2, rank=1, shuffle=True)))
+
+    def one_pass():
+        return [int(i) for (b,) in loader for i in b]
+
+    assert [one_pass(), one_pass()] == [sampler_order(1, 0), sampler_order(1, 1)]
+    loader.sampler.set_epoch(7)            # a resumed loop: the next pass is epoch 7
+    assert [one_pass(), one_pass()] == [sampler_order(1, 7), sampler_order(1, 8)]
+    loader.set_epoch(3)
+    assert one_pass() == sampler_order(1, 3) and loader.epoch == 4
+    assert isinstance(loader.sampler, DistributedSampler) and len(loader) == 2
 
 
 def test_checkpoints_of_all_workers_merge_and_the_best_are_kept(shoal_cluster, tmp_path):
@@ -149,26 +252,6 @@ def test_resume_from_checkpoint(shoal_cluster, tmp_path):
 
 
 # ---------------------------------------------------------------- failures
-@shoal.remote(num_cpus=0)
-class Box:
-    """Where tests and workers meet: pids to kill, and flags."""
-
-    def __init__(self):
-        self.pids, self.flags = {}, set()
-
-    def put_pid(self, rank, attempt, pid):
-        self.pids[(rank, attempt)] = pid
-
-    def pid(self, rank, attempt):
-        return self.pids.get((rank, attempt))
-
-    def flag(self, name):
-        self.flags.add(name)
-
-    def has(self, name):
-        return name in self.flags
-
-
 def test_a_killed_worker_restarts_the_group_from_the_latest_checkpoint(shoal_cluster, tmp_path):
     box = Box.remote()
 

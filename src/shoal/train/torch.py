@@ -105,22 +105,44 @@ def prepare_data_loader(data_loader, add_dist_sampler: bool = True,
 
 
 class _Loader:
-    """Iterates the wrapped loader, advancing a DistributedSampler's epoch on
-    each pass and moving batches to the device."""
+    """Iterates the wrapped loader, moving batches to the device and giving
+    a sampler with ``set_epoch`` (a DistributedSampler) the epoch of each
+    pass: 0, 1, 2... from the first, or from the epoch the loop set with
+    ``loader.set_epoch(e)`` or ``loader.sampler.set_epoch(e)`` (Ray Train's
+    idiom) for the next pass. A loop resumed from a checkpoint sets it so
+    that each epoch is shuffled as in a run without failure."""
 
     def __init__(self, loader, device):
         self.loader, self.device, self.epoch = loader, device, 0
+        sampler = getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            # the loop's own sampler.set_epoch(e) must also set the next
+            # pass's epoch, else __iter__ would overwrite it with its count
+            sampler_set_epoch = sampler.set_epoch
+
+            def set_epoch(epoch: int) -> None:
+                self.epoch = epoch
+                sampler_set_epoch(epoch)
+            sampler.set_epoch = set_epoch
+            self._sampler_set_epoch = sampler_set_epoch
+        else:
+            self._sampler_set_epoch = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch of the next pass (the ones after it count up from it)."""
+        self.epoch = epoch
 
     def __len__(self):
         return len(self.loader)
 
     def __getattr__(self, name):
+        if name == "loader":           # not set yet (a copy being made): no recursion
+            raise AttributeError(name)
         return getattr(self.loader, name)
 
     def __iter__(self):
-        sampler = getattr(self.loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(self.epoch)
+        if self._sampler_set_epoch is not None:
+            self._sampler_set_epoch(self.epoch)
         self.epoch += 1
         for batch in self.loader:
             yield _to(batch, self.device) if self.device is not None and \
