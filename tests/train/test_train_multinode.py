@@ -1,7 +1,7 @@
 """shoal.train on a cluster of two nodes (real head and node agent
 processes on loopback, tests/cluster/conftest.py): elastic sizing counts
-the workers that fit on each node, not in the cluster-wide sum, and the
-ranks of workers spread over nodes.
+the workers that fit on each node, not in the cluster-wide sum, and
+workers spread over nodes know their node and local ranks.
 
 The loops run in the node agents' workers, which cannot import this
 module: its functions travel by value."""
@@ -95,7 +95,8 @@ def test_elastic_size_counts_what_fits_on_one_node_not_the_cluster_sum(two_nodes
     hogs = [placement_group([{"CPU": 1, f"at_{name}": 0.01}]) for name in ("head", "b")]
     assert all(pg.wait(30) for pg in hogs)
     wait_for(lambda: _cpus_free() == [1.0, 1.0], timeout=30, what="the view to show 1+1 CPUs")
-    assert shoal.available_resources()["CPU"] == 2.0
+    wait_for(lambda: shoal.available_resources()["CPU"] == 2.0, timeout=30,
+             what="the cluster-wide sum to show 2 CPUs")
     trainer = DataParallelTrainer(
         report_ranks, scaling_config=ScalingConfig(num_workers=(1, 2),
                                                    placement_strategy="STRICT_PACK"),
@@ -104,3 +105,41 @@ def test_elastic_size_counts_what_fits_on_one_node_not_the_cluster_sum(two_nodes
     assert result.world_sizes == [1] and result.metrics["world"] == 1
     for pg in hogs:
         remove_placement_group(pg)
+
+
+@shoal.remote(num_cpus=0)
+class Notes:
+    def __init__(self):
+        self.notes = {}
+
+    def note(self, key, value):
+        self.notes[key] = value
+
+    def all(self):
+        return self.notes
+
+
+@pytest.mark.heavy
+@pytest.mark.timeout(150)
+def test_workers_spread_over_nodes_have_node_and_local_ranks(two_nodes, tmp_path):
+    notes = Notes.remote()
+
+    def loop():
+        ctx = shoal.train.get_context()
+        shoal.get(notes.note.remote(ctx.get_world_rank(), (
+            ctx.get_world_size(), ctx.get_local_rank(), ctx.get_local_world_size(),
+            ctx.get_node_rank(), shoal.get_runtime_context().get_node_id())))
+        shoal.train.report({})
+
+    trainer = DataParallelTrainer(
+        loop, scaling_config=ScalingConfig(num_workers=4, placement_strategy="SPREAD"),
+        run_config=RunConfig(name="spread", storage_path=str(tmp_path)))
+    fit_within(trainer, FIT_DEADLINE_S)
+    ranks = shoal.get(notes.all.remote())
+    assert sorted(ranks) == [0, 1, 2, 3]
+    nodes = list(dict.fromkeys(ranks[r][4] for r in range(4)))     # in order of first rank
+    assert len(nodes) == 2
+    for rank, (world, local, local_world, node_rank, node) in ranks.items():
+        same_node = [r for r in range(4) if ranks[r][4] == node]
+        assert (world, local_world, node_rank) == (4, 2, nodes.index(node))
+        assert local == same_node.index(rank)
