@@ -9,6 +9,11 @@ pid, listening address...), a fresh group id and a per-group secret that the
 ring backend's connections prove they know. A join that is still incomplete
 after ``timeout_s`` fails for every waiting member with the missing ranks.
 
+While a group forms the actor checks, every WATCH_S, that the members who
+joined still live (liveness.py: pid on its node, shoal elsewhere) and that
+no actor declared for a missing rank is dead (the state API): a death fails
+the join for every waiting member at once, naming the rank.
+
 ``create_collective_group`` (from the driver) only *declares* the group:
 which actor has which rank. A declared member initialises itself on its
 first collective call by asking the actor for its rank.
@@ -24,14 +29,17 @@ import secrets
 
 import shoal
 from ..exceptions import CollectiveError
+from .liveness import Death, Others, describe
 
 ACTOR_PREFIX = "shoal.collective:"
+WATCH_S = 1.0
 
 
 class _Rendezvous:
     def __init__(self, group_name: str):
         self.group_name = group_name
         self.declared: dict[str, tuple] = {}        # actor id hex -> (rank, world, backend, timeout)
+        self.deaths: dict[str, str] = {}            # generation -> who died while it formed
         self._new_generation()
 
     def _new_generation(self) -> None:
@@ -40,14 +48,22 @@ class _Rendezvous:
         self.members: dict[int, dict] = {}
         self.left: set[int] = set()
         self.complete = asyncio.Event()
+        self.settled = asyncio.Event()          # complete, or a member died
         self.failed = False
+        self.watch = None
         self.generation = secrets.token_hex(8)
         self.secret = secrets.token_hex(32)
 
     async def declare(self, ranks_by_actor: dict, world_size: int, backend: str,
                       timeout_s: float) -> None:
-        for actor_id, rank in ranks_by_actor.items():
-            self.declared[actor_id] = (rank, world_size, backend, timeout_s)
+        """Which actor has which rank; a new declaration replaces the last
+        (a group re-declared with new actors must not see the old, dead ones)."""
+        self.declared = {actor_id: (rank, world_size, backend, timeout_s)
+                         for actor_id, rank in ranks_by_actor.items()}
+
+    async def joined(self) -> list[int]:
+        """The ranks in the group that is forming now (for tests and tools)."""
+        return sorted(self.members)
 
     async def declared_rank(self, actor_id: str):
         return self.declared.get(actor_id)
@@ -73,20 +89,54 @@ class _Rendezvous:
             raise CollectiveError(f"collective group {self.group_name!r}: rank {rank} "
                                   f"already joined (pid {self.members[rank].get('pid')})")
         self.members[rank] = info
-        generation = self.generation
-        if len(self.members) == self.world:
+        # this generation's own, should a new one start while we wait
+        generation, members, settled = self.generation, self.members, self.settled
+        answer = {"members": members, "group_id": generation, "secret": self.secret,
+                  "backend": self.backend}
+        if len(members) == self.world:
             self.complete.set()
+            settled.set()
+        elif self.watch is None:
+            self.watch = asyncio.ensure_future(self._watch(generation))
         try:
-            await asyncio.wait_for(self.complete.wait(), timeout_s)
+            await asyncio.wait_for(settled.wait(), timeout_s)
         except asyncio.TimeoutError:
             if self.generation == generation:
                 self.failed = True
-            missing = sorted(set(range(world_size)) - set(self.members))
+            missing = sorted(set(range(world_size)) - set(members))
             raise CollectiveError(
                 f"collective group {self.group_name!r}: rank(s) {missing} did not join "
-                f"within {timeout_s:g} s (joined: {sorted(self.members)})") from None
-        return {"members": [self.members[r] for r in range(self.world)],
-                "group_id": generation, "secret": self.secret, "backend": self.backend}
+                f"within {timeout_s:g} s (joined: {sorted(members)})") from None
+        if len(members) < world_size:           # settled by a death
+            raise CollectiveError(f"collective group {self.group_name!r}: "
+                                  f"{self.deaths[generation]}; the group cannot form "
+                                  f"(joined: {sorted(members)})")
+        return dict(answer, members=[members[r] for r in range(world_size)])
+
+    async def _watch(self, generation: str) -> None:
+        """While ``generation`` forms: fail it once a member that joined, or
+        the actor declared for a rank not in yet, is dead."""
+        members, settled = self.members, self.settled
+        others = Others({}, here=shoal.get_runtime_context().get_node_id())
+        watched: set[int] = set()
+        while True:
+            await asyncio.sleep(WATCH_S)
+            if settled.is_set() or self.generation != generation:
+                return
+            for rank in sorted(set(members) - watched):
+                others.add(rank, members[rank])
+                watched.add(rank)
+            declared = {actor: rank for actor, (rank, world, *_) in self.declared.items()
+                        if rank not in members and world == self.world}
+            dead = await asyncio.get_running_loop().run_in_executor(
+                None, _dead, others, declared)
+            if dead and not settled.is_set() and self.generation == generation:
+                self.failed = True
+                self.deaths[generation] = describe(dead)
+                # the dead will not leave: the actor may exit once the others have
+                self.left |= {d.rank for d in dead}
+                settled.set()
+                return
 
     async def leave(self, rank: int, generation: str | None) -> None:
         if generation is None and self.failed:
@@ -100,6 +150,23 @@ class _Rendezvous:
 
     def _pending_declarations(self) -> bool:
         return bool(self.declared) and not self.complete.is_set()
+
+
+def _dead(others: Others, declared: dict[str, int]) -> list[Death]:
+    """Members that joined and died, and declared actors (id -> rank) that
+    died before joining. Blocking (the state API): run on an executor."""
+    dead = others.dead()
+    if declared:
+        try:
+            from ..util.state import list_actors
+            rows = list_actors(filters=[("state", "=", "DEAD")], limit=None, timeout=5)
+        except Exception:          # noqa: BLE001 - no answer is no news
+            rows = []
+        dead += [Death(declared[r["actor_id"]],
+                       f"rank {declared[r['actor_id']]} (actor {r['actor_id'][:12]}) died "
+                       f"before joining ({r.get('death_cause') or 'dead'})")
+                 for r in rows if r["actor_id"] in declared]
+    return sorted(dead)
 
 
 _RendezvousActor = None

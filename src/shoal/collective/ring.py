@@ -25,10 +25,27 @@ bandwidth-optimal ones:
   (messages between a pair, collective or not, arrive in the order sent).
 
 A member that dies closes its connections: the others' pending receive
-fails at once. A member that hangs is caught by the group's timeout.
+fails at once. A machine that vanishes sends nothing, so two more checks
+bound how long the others wait for it (docs/collective.md, Failure):
+
+- TCP keepalive on every connection (first probe after KEEPALIVE_IDLE_S of
+  silence, then every KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES of them): a
+  receive fails with ETIMEDOUT about 7 s after the peer was last heard.
+  The kernel probes only while nothing of ours is unacknowledged, so this
+  covers a member waiting to receive, not one whose data is still in
+  flight or stuck behind the peer's full receive window. (TCP_USER_TIMEOUT
+  would cover those, but it also kills the connection to a live peer that
+  is merely not reading yet, e.g. a straggler, so it is not set.)
+- while a receive or a flush has waited POLL_S with nothing arriving, it
+  asks whether the peer's node is still in this node's view of the cluster
+  (``shoal.nodes()``); once the head declares it dead (node_timeout_s) the
+  wait fails naming the rank.
+
+A member that hangs is caught by the group's timeout.
 """
 from __future__ import annotations
 
+import errno
 import queue
 import socket
 import struct
@@ -39,6 +56,7 @@ import numpy as np
 
 from ..cluster.auth import client_handshake, server_handshake
 from ..exceptions import CollectiveError
+from .liveness import Others
 from .shm import (ALLGATHER, ALLREDUCE, ALLTOALL, BARRIER, BROADCAST, OP_NAMES, REDUCE,
                   REDUCESCATTER)
 from .tensors import ReduceOp, check_mean, finish_mean, reduce_into, split_bounds
@@ -46,6 +64,9 @@ from .tensors import ReduceOp, check_mean, finish_mean, reduce_into, split_bound
 HEADER = struct.Struct("!QQQ")       # kind, step, payload bytes
 SEGMENT = 1 << 20
 P2P = 100
+POLL_S = 1.0                # a wait with nothing arriving checks the peer's node this often
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 2, 1, 5
+KEEPALIVE_BOUND_S = KEEPALIVE_IDLE_S + KEEPALIVE_INTERVAL_S * KEEPALIVE_PROBES
 
 
 def listen(host: str) -> socket.socket:
@@ -64,6 +85,8 @@ class RingGroup:
         self.closed = False
         self.conns: dict[int, socket.socket] = {}
         self._connect(members, secret, listener)
+        self._others = Others({r: m for r, m in enumerate(members) if r != rank},
+                              here=members[rank].get("node_id"))
         self.right = self.conns.get((rank + 1) % world)
         self.left = self.conns.get((rank - 1) % world)
         self._senders: dict[int, _Sender] = {}
@@ -109,8 +132,12 @@ class RingGroup:
                                   f"connect to all members: {errors[0] if errors else 'timeout'}")
         self.conns.update(accepted)
         for sock in self.conns.values():
-            sock.settimeout(self.timeout_s)
+            sock.settimeout(POLL_S)     # receives; each sender has a dup with timeout_s
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_S)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
 
     # ---------------------------------------------------------------- transport
     def _post(self, peer: int, kind: int, step: int, payload) -> None:
@@ -121,7 +148,8 @@ class RingGroup:
         header = HEADER.pack(kind, step, 0 if data is None else len(data))
         sender = self._senders.get(peer)
         if sender is None:
-            sender = self._senders[peer] = _Sender(self.conns[peer], f"{self.name}-{peer}")
+            sender = self._senders[peer] = _Sender(self.conns[peer], self.timeout_s,
+                                                   f"{self.name}-{peer}")
         sender.jobs.put((header, data))
 
     def _flush(self) -> None:
@@ -132,13 +160,22 @@ class RingGroup:
             sender.jobs.put(marker)
             markers.append(marker)
         deadline = time.monotonic() + self.timeout_s
-        for peer, marker in zip(self._senders, markers):
-            if not marker.wait(max(0.0, deadline - time.monotonic())):
-                self._fail(f"timed out after {self.timeout_s:g} s sending to rank {peer} "
-                           f"(it is not receiving)")
+        for (peer, sender), marker in zip(self._senders.items(), markers):
+            while not marker.wait(POLL_S):
+                if sender.error is not None:
+                    break
+                if time.monotonic() >= deadline:
+                    self._fail(f"timed out after {self.timeout_s:g} s sending to rank {peer} "
+                               f"(it is not receiving)")
+                self._check_node(peer, "sending to it")
         for peer, sender in self._senders.items():
             if sender.error is not None:
-                self._fail(f"sending to rank {peer} failed: {sender.error}")
+                self._fail(f"sending to rank {peer} failed: {_why(sender.error)}")
+
+    def _check_node(self, peer: int, what: str) -> None:
+        lost = self._others.lost(peer)
+        if lost:
+            self._fail(f"{lost} (while {what})")
 
     def _recv(self, peer: int, kind: int, step: int, out, op: ReduceOp | None = None) -> None:
         """Receive ``peer``'s message into ``out``; with ``op``, reduce it into
@@ -148,27 +185,36 @@ class RingGroup:
         sock = self.conns[peer]
         view = memoryview(out).cast("B")
         kind |= _dtype_tag(out)
+        deadline = time.monotonic() + self.timeout_s
+
+        def waiting():              # POLL_S passed with nothing from the peer
+            if time.monotonic() >= deadline:
+                self._fail(f"timed out after {self.timeout_s:g} s waiting for rank {peer}")
+            self._check_node(peer, "waiting for it")
+
         try:
-            header = _recv_exact(sock, HEADER.size)
+            header = bytearray(HEADER.size)
+            _recv_into(sock, memoryview(header), waiting)
             k, s, n = HEADER.unpack(header)
             if (k, s, n) != (kind, step, len(view)):
                 self._fail(f"rank {peer} sent {_describe(k)} ({n} bytes), rank {self.rank} "
                            f"expected {_describe(kind)} ({len(view)} bytes): members called "
                            f"different operations")
             if op is None:
-                _recv_into(sock, view)
+                _recv_into(sock, view, waiting)
                 return
             per = max(1, SEGMENT // out.itemsize)
             tmp = self._scratch(out.dtype, min(per, out.size))
             for lo in range(0, out.size, per):
                 part = out[lo:lo + per]
                 got = tmp[:part.size]
-                _recv_into(sock, memoryview(got).cast("B"))
+                _recv_into(sock, memoryview(got).cast("B"), waiting)
                 reduce_into(part, [got], op)
-        except socket.timeout:
-            self._fail(f"timed out after {self.timeout_s:g} s waiting for rank {peer}")
-        except (ConnectionError, OSError) as e:
-            self._fail(f"lost the connection to rank {peer}: it died or gave up on the group ({e})")
+        except OSError as e:
+            self._fail(f"{_lost_connection(peer, e)} (while waiting for it)"
+                       if e.errno == errno.ETIMEDOUT else
+                       f"lost the connection to rank {peer}: it died or gave up on the group "
+                       f"({e})")
 
     def _fail(self, why: str):
         self._close()
@@ -291,7 +337,7 @@ class RingGroup:
         self._check()
         sender = self._senders.get(dst)
         if sender is not None and sender.error is not None:
-            self._fail(f"sending to rank {dst} failed: {sender.error}")
+            self._fail(f"sending to rank {dst} failed: {_why(sender.error)}")
         self._post(dst, P2P, 0, a.copy())
 
     def recv(self, a: np.ndarray, src: int) -> None:
@@ -321,12 +367,15 @@ class RingGroup:
 
 
 class _Sender:
-    """One thread sending queued messages to one peer, in order. An Event
-    on the queue is set once everything before it was sent; None ends the
-    thread. After an error it sends nothing more (the group then fails)."""
+    """One thread sending queued messages to one peer, in order, on a dup of
+    the connection whose timeout is the group's (the receiving side polls).
+    An Event on the queue is set once everything before it was sent; None
+    ends the thread. After an error it sends nothing more (the group then
+    fails)."""
 
-    def __init__(self, sock: socket.socket, name: str):
-        self.sock = sock
+    def __init__(self, sock: socket.socket, timeout_s: float, name: str):
+        self.sock = sock.dup()
+        self.sock.settimeout(timeout_s)
         self.jobs: queue.SimpleQueue = queue.SimpleQueue()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True,
@@ -334,21 +383,24 @@ class _Sender:
         self.thread.start()
 
     def _run(self) -> None:
-        while True:
-            job = self.jobs.get()
-            if job is None:
-                return
-            if isinstance(job, threading.Event):
-                job.set()
-                continue
-            header, payload = job
-            try:
-                if self.error is None:
-                    self.sock.sendall(header)
-                    if payload is not None and len(payload):
-                        self.sock.sendall(payload)
-            except BaseException as e:
-                self.error = e
+        try:
+            while True:
+                job = self.jobs.get()
+                if job is None:
+                    return
+                if isinstance(job, threading.Event):
+                    job.set()
+                    continue
+                header, payload = job
+                try:
+                    if self.error is None:
+                        self.sock.sendall(header)
+                        if payload is not None and len(payload):
+                            self.sock.sendall(payload)
+                except BaseException as e:
+                    self.error = e
+        finally:
+            self.sock.close()
 
 
 def _dtype_tag(a) -> int:
@@ -362,10 +414,29 @@ def _describe(kind: int) -> str:
     return f"{name} of {_DTYPES.get(dtype, '?')}" if dtype else str(name)
 
 
-def _recv_into(sock: socket.socket, view: memoryview) -> None:
+def _why(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.errno == errno.ETIMEDOUT:
+        return f"its machine stopped answering ({e})"
+    return str(e)
+
+
+def _lost_connection(peer: int, e: OSError) -> str:
+    return (f"rank {peer}'s machine stopped answering (no reply to TCP keepalive probes for "
+            f"about {KEEPALIVE_BOUND_S} s: {e})")
+
+
+def _recv_into(sock: socket.socket, view: memoryview, waiting=None) -> None:
+    """Fill ``view`` from ``sock``. Each time the socket's own timeout passes
+    with nothing arriving, ``waiting()`` decides (raising to give up)."""
     got, n = 0, len(view)
     while got < n:
-        r = sock.recv_into(view[got:], n - got)
+        try:
+            r = sock.recv_into(view[got:], n - got)
+        except TimeoutError as e:
+            if e.errno is not None or waiting is None:     # ETIMEDOUT: keepalive gave up
+                raise
+            waiting()
+            continue
         if r == 0:
             raise ConnectionError("connection closed")
         got += r
