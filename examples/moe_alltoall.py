@@ -3,9 +3,12 @@
     python examples/moe_alltoall.py --experts 4 --tokens 512
 
 Each of E actors holds one expert (a two-layer ReLU MLP) and a shard of the
-tokens. A shared gate picks each token's expert; tokens travel to their
-expert's actor with one ``alltoall`` (fixed capacity per actor pair, padded,
-as MoE layers do), the experts run, and a second ``alltoall`` brings the
+tokens (shards may differ in size: 97 tokens on 3 actors are 33, 32, 32).
+A shared gate picks each token's expert; tokens travel to their expert's
+actor with one ``alltoall`` (padded blocks of one capacity, as MoE layers
+do: every actor must send blocks of the same shape, so the capacity is the
+largest number of tokens any actor sends one expert, agreed with an
+allreduce MAX), the experts run, and a second ``alltoall`` brings the
 outputs home. The result is checked against the same layer computed in one
 process.
 """
@@ -43,14 +46,17 @@ class ExpertActor:
     def forward(self, tokens: np.ndarray) -> np.ndarray:
         e = self.experts
         choice = (tokens @ self.gate).argmax(1)          # each token's expert
-        capacity = len(tokens)                           # no token is dropped
+        counts = np.bincount(choice, minlength=e)        # tokens for each expert
+        # one capacity for every actor: the alltoall blocks must have one shape
+        need = np.array([max(1, int(counts.max(initial=0)))])
+        capacity = int(col.allreduce(need, group_name="moe", op=col.ReduceOp.MAX)[0])
         send = np.zeros((e, capacity, DIM), np.float32)  # one padded block per expert
-        counts = np.zeros(e, np.int64)
         slots = np.empty(len(tokens), np.int64)
+        filled = np.zeros(e, np.int64)
         for i, c in enumerate(choice):
-            slots[i] = counts[c]
-            send[c, counts[c]] = tokens[i]
-            counts[c] += 1
+            slots[i] = filled[c]
+            send[c, filled[c]] = tokens[i]
+            filled[c] += 1
         recv_counts = col.alltoall(None, counts.reshape(e, 1), group_name="moe").reshape(e)
         recv = col.alltoall(None, send, group_name="moe")      # block j came from actor j
         out = np.zeros_like(recv)

@@ -79,6 +79,10 @@ def init_collective_group(world_size: int, rank: int, backend: str = "auto",
         if ctl is not None:
             import os
             os.close(ctl[0])
+        # rank 0's TCPStore, unless a torch group took it: dropping the last
+        # reference stops its server (it has no close()); rebinding matters
+        # when a traceback keeps this frame alive
+        store = None
     _groups[group_name] = group
 
 
