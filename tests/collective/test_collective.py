@@ -422,6 +422,35 @@ def test_declared_members_join_on_their_first_call(members, group_name):
                      timeout=GET_TIMEOUT) == [(False, -1, None)] * 3
 
 
+def test_a_group_declared_again_while_the_last_rendezvous_exits(members, group_name,
+                                                                 monkeypatch):
+    """The name still gives the old rendezvous actor, which has exited (its
+    group formed and every member left): declaring the group anew gets a
+    new actor instead of failing with ActorDiedError."""
+    from shoal.collective import rendezvous
+    col.create_collective_group(members[:2], group_name=group_name)
+    old = rendezvous.existing_rendezvous(group_name)
+    shoal.get([m.run.remote(allreduce_unjoined, i, group_name)
+               for i, m in enumerate(members[:2])], timeout=GET_TIMEOUT)
+    wait_rendezvous_gone(group_name)
+    shoal.get([m.run.remote(leave, 0, group_name) for m in members[:2]], timeout=GET_TIMEOUT)
+    made = rendezvous.rendezvous_actor
+    handles = iter([old])
+    monkeypatch.setattr(rendezvous, "rendezvous_actor",
+                        lambda name: next(handles, None) or made(name))
+    col.create_collective_group(members[1:], group_name=group_name)
+    results = shoal.get([m.run.remote(allreduce_unjoined, i, group_name)
+                         for i, m in enumerate(members[1:])], timeout=GET_TIMEOUT)
+    want = expected(ReduceOp.SUM, [data(i, SMALL) for i in range(2)])
+    for _, after, got in results:
+        assert after[:3] == (True, after[1], 2)
+        np.testing.assert_array_equal(got, want)
+    assert next(handles, None) is None                # the stale handle was tried first
+    wait_rendezvous_gone(group_name)
+    assert shoal.get([m.run.remote(leave, 0, group_name) for m in members[1:]],
+                     timeout=GET_TIMEOUT) == [(False, -1, None)] * 2
+
+
 def test_rank_and_size_are_minus_one_outside_a_group(members, group_name):
     g = Group(members[:2], "shm", group_name)
     g.form()

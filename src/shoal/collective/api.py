@@ -108,8 +108,7 @@ def create_collective_group(actors: list, world_size: int | None = None,
                             f"{type(a).__name__}")
     timeout_s = DEFAULT_TIMEOUT_S if timeout_s is None else float(timeout_s)
     by_actor = {a._actor_id.hex(): r for a, r in zip(actors, ranks)}
-    actor = rendezvous.rendezvous_actor(group_name)
-    shoal.get(actor.declare.remote(by_actor, world_size, backend, timeout_s))
+    rendezvous.call(group_name, "declare", by_actor, world_size, backend, timeout_s)
 
 
 def destroy_collective_group(group_name: str = "default") -> None:
@@ -185,9 +184,7 @@ def _group(group_name: str):
     declared = None
     actor_id = shoal.get_runtime_context().get_actor_id()
     if actor_id is not None:
-        rdv = rendezvous.existing_rendezvous(group_name)
-        if rdv is not None:
-            declared = shoal.get(rdv.declared_rank.remote(actor_id))
+        declared = rendezvous.declared_rank(group_name, actor_id)
     if declared is None:
         raise CollectiveError(
             f"collective group {group_name!r} is not initialised in this process: call "

@@ -20,15 +20,19 @@ first collective call by asking the actor for its rank.
 
 After join every member calls ``leave``; when all have, the actor exits, so
 a group costs a process only while it forms. A new ``join`` on a group that
-completed (or failed) starts a new generation under the same name.
+completed (or failed) starts a new generation under the same name. A call
+that reaches the actor as it exits (or finds its handle under the name just
+before the name is freed) fails with ActorDiedError: ``call`` then asks
+again, and the name gets a new actor.
 """
 from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 
 import shoal
-from ..exceptions import CollectiveError
+from ..exceptions import ActorDiedError, CollectiveError
 from .liveness import Death, Others, describe
 
 ACTOR_PREFIX = "shoal.collective:"
@@ -185,6 +189,38 @@ def rendezvous_actor(group_name: str):
                                   lifetime="detached").remote(group_name)
 
 
+def call(group_name: str, method: str, *args, timeout: float | None = None):
+    """(actor, result) of ``method(*args)`` on the group's rendezvous actor,
+    made if absent; an actor that died as we called (it was exiting: its
+    group was done) is replaced, until ``timeout``."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        actor = rendezvous_actor(group_name)
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return actor, shoal.get(getattr(actor, method).remote(*args), timeout=left)
+        except ActorDiedError:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)     # until the dead actor's name is free
+
+
+def declared_rank(group_name: str, actor_id: str):
+    """(rank, world size, backend, timeout) declared for actor ``actor_id``,
+    or None; an exiting actor under the name is waited out (up to 5 s)."""
+    deadline = time.monotonic() + 5
+    while True:
+        actor = existing_rendezvous(group_name)
+        if actor is None:
+            return None
+        try:
+            return shoal.get(actor.declared_rank.remote(actor_id))
+        except ActorDiedError:
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.01)
+
+
 def existing_rendezvous(group_name: str):
     try:
         return shoal.get_actor(ACTOR_PREFIX + group_name)
@@ -195,12 +231,13 @@ def existing_rendezvous(group_name: str):
 def join(group_name: str, rank: int, world_size: int, backend: str, info: dict,
          timeout_s: float) -> dict:
     """Join the group; every member's info (by rank), group id and secret."""
-    actor = rendezvous_actor(group_name)
     try:
-        answer = shoal.get(actor.join.remote(rank, world_size, backend, info, timeout_s),
-                           timeout=timeout_s + 30)
+        actor, answer = call(group_name, "join", rank, world_size, backend, info, timeout_s,
+                             timeout=timeout_s + 30)
     except CollectiveError as e:       # raised in the actor: a plain message here
-        actor.leave.remote(rank, None)
+        failed = existing_rendezvous(group_name)   # it stays until its members have left
+        if failed is not None:
+            failed.leave.remote(rank, None)
         raise CollectiveError(str(getattr(e, "cause", None) or e)) from None
     actor.leave.remote(rank, answer["group_id"])
     return answer
