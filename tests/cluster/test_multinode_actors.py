@@ -683,3 +683,23 @@ def test_work_goes_on_while_the_head_restarts_and_named_actors_survive_it(
     (found,) = spawn(FIND, here_env(), address="auto").finish()
     assert found == [b, 4]
     shoal.kill(keeper)
+
+
+@pytest.mark.timeout(60)
+def test_a_strict_spread_group_made_as_a_node_joins_spreads(cluster, driver):
+    """The group is made while the driver's node sees node b but has no link
+    to it yet (b is stopped as soon as it has joined): it waits for the link
+    rather than putting both bundles on the head's node."""
+    b = cluster.add("b")
+    os.kill(cluster.pids["b"], signal.SIGSTOP)
+    try:
+        driver()
+        wait_for(lambda: b in {n["NodeID"] for n in shoal.nodes() if n["Alive"]}, timeout=30,
+                 what="the driver's node to see b")
+        # (both bundles would fit on the head's node)
+        pg = placement_group([{"CPU": 0.5}, {"CPU": 0.5}], strategy="STRICT_SPREAD")
+        pg.wait(1)
+    finally:
+        os.kill(cluster.pids["b"], signal.SIGCONT)
+    assert pg.wait(GET_TIMEOUT)
+    assert sorted(placed(pg)) == sorted([cluster.ids["head"], b])

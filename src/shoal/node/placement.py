@@ -167,7 +167,9 @@ class NodePlacement:
         for pg in self.pending_pgs:
             if pg.state != PENDING:
                 continue
-            if self.peers:
+            if self.view is not None:
+                # in a cluster even before any link is up: the plan keeps the
+                # strategy (STRICT_SPREAD waits for peers, never doubles up here)
                 placed = self._place_across(pg)
                 if placed != "local":
                     if pg.state == PENDING:
