@@ -51,9 +51,13 @@ def cli(*args, timeout=60):
 
 @pytest.fixture
 def quick_state(cluster_env, monkeypatch):
-    """State queries give up on a silent node after 1 s (set before the
-    cluster's processes start, which read it)."""
+    """State queries give up on a silent node after 1 s, and the head takes
+    far longer to call a silent node dead (set before the cluster's
+    processes start, which read them): a node declared dead while it is
+    asked is not in the cluster any more, and a loaded machine's 1 s query
+    could outlast the suite's 2 s node timeout."""
     monkeypatch.setenv("SHOAL_STATE_TIMEOUT_S", "1")
+    monkeypatch.setenv("SHOAL_NODE_TIMEOUT_S", "60")
 
 
 @pytest.mark.timeout(90)

@@ -68,6 +68,8 @@ class Agent:
             self.node_id = os.urandom(16).hex()
             self.node.rejoined(bytes.fromhex(self.node_id))
             log(f"the head declared node {old[:12]} dead; rejoining as {self.node_id[:12]}")
+        # the first heartbeat at once: the node's row has its load and stats from the start
+        client.call("heartbeat", self.node_id, *self._load())
 
     def join(self) -> HeadClient:
         """Connect and register once; errors (a wrong token, no head) raise."""

@@ -78,7 +78,8 @@ def _wait_for_node(address: str, token: str, proc: subprocess.Popen, log_path: s
     def joined():
         try:
             with HeadClient(address, token, "cli") as c:
-                return any(n["pid"] == proc.pid and n["state"] == "ALIVE"
+                # registered and its first heartbeat in (the row has its stats)
+                return any(n["pid"] == proc.pid and n["state"] == "ALIVE" and n.get("stats")
                            for n in c.call("status")["nodes"])
         except (OSError, ConnectionError):
             return False

@@ -11,7 +11,9 @@ The node answers with its own rows and, in a cluster, asks every linked
 peer for theirs (``state`` is a peer operation) and merges them: a task
 forwarded to a peer is listed once, as the node that ran it saw it; an
 actor, as the node hosting it sees it. Nodes that have not answered within
-state_timeout_s are named in the answer's ``missing``, never waited on.
+state_timeout_s, whose link closed before they answered, or that the head
+lists as alive but that have no link here yet, are named in the answer's
+``missing``, never waited on.
 
 Part of ``Node`` (a base class of it), under ``node.lock``.
 """
@@ -63,10 +65,14 @@ class NodeIntrospection:
             everywhere = False            # a peer's question is about this node alone
         links = [link for link in self.peers.values() if link.state != "dead"] \
             if everywhere else []
+        # alive in the head's list but not linked (yet): their rows are missing too
+        unlinked = {nid for nid in (self.view or ())
+                    if nid not in self.peers} if everywhere else set()
         if not links:
-            reply(True, {"rows": rows, "missing": []})
+            reply(True, {"rows": rows, "missing": sorted(n.hex() for n in unlinked)})
             return
         waiting = {link.node_id for link in links}
+        failed = set(unlinked)      # a link that closes before answering: missing, not empty
         parts = [rows]
         done = []
 
@@ -74,11 +80,14 @@ class NodeIntrospection:
             if done:
                 return
             done.append(True)
-            reply(True, {"rows": _merge(kind, parts), "missing": sorted(n.hex() for n in waiting)})
+            reply(True, {"rows": _merge(kind, parts),
+                         "missing": sorted(n.hex() for n in waiting | failed)})
 
         def answered(ok, value, node_id):
             if ok and not done:
                 parts.append(value["rows"])
+            elif not ok:
+                failed.add(node_id)
             waiting.discard(node_id)
             if not waiting:
                 finish()
