@@ -474,3 +474,38 @@ def _named_actors_left() -> bool:
         return True
     except ValueError:
         return False
+
+
+def test_one_workers_shuffle_depends_on_the_epoch_not_on_torchs_random_state():
+    torch = pytest.importorskip("torch")
+    from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+    from torch.utils.data import TensorDataset
+    from shoal.train.torch import prepare_data_loader
+    data = TensorDataset(torch.arange(10))
+    loader = prepare_data_loader(DataLoader(data, batch_size=4, shuffle=True))
+
+    def one_pass(seed):
+        torch.manual_seed(seed)            # what a resumed process's global state may be
+        return [int(i) for (b,) in loader for i in b]
+
+    def order(epoch):
+        sampler = DistributedSampler(range(10), num_replicas=1, rank=0, shuffle=True)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    assert isinstance(loader.sampler, DistributedSampler) and len(loader) == 3
+    first = [one_pass(1), one_pass(2)]
+    assert first == [order(0), order(1)] and first[0] != first[1]
+    assert sorted(first[0]) == list(range(10))
+    loader.set_epoch(1)                    # a loop resumed at epoch 1, another seed
+    assert one_pass(99) == first[1]
+
+    # a loader that does not shuffle, or shuffles with its own generator, is left alone
+    plain = prepare_data_loader(DataLoader(data, batch_size=4))
+    assert isinstance(plain.sampler, SequentialSampler)
+    own = prepare_data_loader(DataLoader(data, batch_size=4, shuffle=True,
+                                         generator=torch.Generator().manual_seed(3)))
+    assert isinstance(own.sampler, RandomSampler)
+    kept = prepare_data_loader(DataLoader(data, batch_size=4, shuffle=True),
+                               add_dist_sampler=False)
+    assert isinstance(kept.sampler, RandomSampler)

@@ -87,21 +87,34 @@ def prepare_data_loader(data_loader, add_dist_sampler: bool = True,
                         move_to_device: bool = True):
     """Give each worker its own part of ``data_loader``'s data set (a
     DistributedSampler, reshuffled every epoch when the loader shuffled) and
-    move its batches to this worker's device."""
+    move its batches to this worker's device.
+
+    With one worker a shuffling loader gets a one-replica DistributedSampler
+    too (Ray leaves it alone): its order then depends on the epoch only, not
+    on torch's global random state, so a run resumed from a checkpoint, or
+    one that shrank to a single worker, shuffles as a run without failure."""
     import torch.distributed as dist
     from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
     loader = data_loader
-    if add_dist_sampler and dist.is_initialized() and dist.get_world_size() > 1 \
-            and not isinstance(loader.sampler, DistributedSampler):
-        shuffle = isinstance(loader.sampler, RandomSampler)
-        sampler = DistributedSampler(loader.dataset, num_replicas=dist.get_world_size(),
-                                     rank=dist.get_rank(), shuffle=shuffle)
+    world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
+    shuffle = isinstance(loader.sampler, RandomSampler)
+    if add_dist_sampler and not isinstance(loader.sampler, DistributedSampler) \
+            and (world > 1 or (shuffle and _plain_shuffle(loader.sampler))):
+        sampler = DistributedSampler(loader.dataset, num_replicas=world, rank=rank,
+                                     shuffle=shuffle)
         loader = DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
                             num_workers=loader.num_workers, collate_fn=loader.collate_fn,
                             pin_memory=loader.pin_memory, drop_last=loader.drop_last,
                             timeout=loader.timeout, worker_init_fn=loader.worker_init_fn)
     device = get_device() if move_to_device else None
     return _Loader(loader, device)
+
+
+def _plain_shuffle(sampler) -> bool:
+    """A RandomSampler as ``shuffle=True`` makes it: without replacement, a
+    sample count or a generator of the user's (those are left as they are)."""
+    return (not sampler.replacement and getattr(sampler, "_num_samples", None) is None
+            and getattr(sampler, "generator", None) is None)
 
 
 class _Loader:
