@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 
 import psutil
 import pytest
@@ -100,6 +101,78 @@ def test_destroying_a_torch_group_stops_and_joins_its_watchdog(other_process):
     assert g._watchdog.running
     g.destroy()
     assert not g._watchdog.running and g._watchdog.failure is None
+
+
+class FakeGlooWork:
+    """gloo-like: completes when its future does (the test decides when)."""
+
+    def __init__(self):
+        import torch
+        self.future = torch.futures.Future()
+
+    def get_future(self):
+        return self.future
+
+    def wait(self, timeout=None):
+        self.future.wait()
+        return True
+
+
+class FakeGlooPG:
+    def __init__(self):
+        self.works: list[FakeGlooWork] = []
+
+    def allreduce(self, tensors, opts):
+        self.works.append(FakeGlooWork())
+        return self.works[-1]
+
+
+def test_a_gloo_group_left_with_a_pending_collective_is_dropped_once_it_ends(other_process):
+    """A member dies while another waits in a gloo allreduce that gloo has not
+    failed yet: the wait fails at once, and destroying the group keeps its
+    process group (destroying it would wait the operation out) only until
+    the operation ends."""
+    import weakref
+    import torch
+    torch_group = pytest.importorskip("shoal.collective.torch_group")
+    dist = pytest.importorskip("torch.distributed")
+
+    class FakeGlooGroup(torch_group.TorchGroup):
+        def _make_pg(self, prefix, host, timeout):
+            return FakeGlooPG(), torch.device("cpu")
+
+    g = FakeGlooGroup("g", 0, 2, [member(os.getpid()), member(other_process.pid)], "id", 300.0,
+                      "gloo", "127.0.0.1", store=dist.HashStore())
+    pg = g.pg
+    kept = weakref.ref(pg)
+    errors: list[str] = []
+
+    def waits_in_allreduce():
+        try:
+            g.allreduce(torch.ones(4), ReduceOp.SUM)
+        except CollectiveError as e:
+            errors.append(str(e))
+
+    waiter = threading.Thread(target=waits_in_allreduce)
+    try:
+        waiter.start()
+        wait_for(lambda: pg.works, timeout=10, what="the allreduce to be posted")
+        kill(other_process)
+        waiter.join(30)
+        assert not waiter.is_alive()
+    finally:
+        g.destroy()
+    assert len(errors) == 1 and f"rank 1 (pid {other_process.pid}) died (while allreduce)" \
+        in errors[0], errors
+    (work,) = pg.works
+    del pg
+    assert kept() is not None and not work.future.done()          # kept while pending
+    torch_group.reap_abandoned()
+    assert kept() is not None
+    work.future.set_exception(RuntimeError("gloo timed out"))      # gloo's own timeout
+    del work
+    torch_group.reap_abandoned()
+    assert kept() is None and not torch_group._ABANDONED
 
 
 # ------------------------------------------------------------------ members elsewhere

@@ -21,9 +21,10 @@ every later operation raises naming the dead rank. On nccl it also aborts
 the process group: NCCL's ``wait()`` does not block the host, so nothing
 else would stop the GPU waiting (until NCCL's own watchdog kills the
 process after ``timeout_s``). On gloo a pending collective is waited for
-through its future, so it fails at once too (gloo cannot cancel it: the
-process group is then kept, never destroyed, since destroying it waits out
-the operation's timeout); a pending send, recv or reducescatter has no
+through its future, so it fails at once too (gloo cannot cancel it: once
+the group is destroyed its process group is kept in _ABANDONED until the
+operation ends, since destroying it sooner waits the operation out); a
+pending send, recv or reducescatter has no
 future (gloo completes those only inside ``wait()``) and fails when gloo
 does: at once when a peer's process dies (the connection closes), else at
 the timeout.
@@ -44,9 +45,17 @@ _P2P_DTYPES = ("float32", "float64", "float16", "bfloat16", "int8", "int16", "in
 DEAD_CHECK_S = 2.0       # how long a failure waits for the node to learn a remote member died
 # gloo's own timeout fails a pending operation first; this one only backs it up
 POLL_GRACE_S = 30.0
-# process groups with a collective still pending inside gloo: never destroyed here,
-# since destroying one waits for that operation to time out
+# (process group, futures) of groups closed with a gloo operation still pending:
+# destroying such a group would wait for that operation to time out, so it is
+# kept here until all those futures are done (gloo's own timeout ends them), then
+# dropped by the next group that forms or closes in this process (reap_abandoned)
 _ABANDONED: list = []
+
+
+def reap_abandoned() -> None:
+    """Drop the kept process groups whose pending operations have ended."""
+    _ABANDONED[:] = [(pg, futures) for pg, futures in _ABANDONED
+                     if not all(f.done() for f in futures)]
 
 
 def open_store(host: str, world: int, timeout_s: float):
@@ -76,6 +85,7 @@ class TorchGroup:
         import torch.distributed as dist
         self.name, self.rank, self.world, self.backend = name, rank, world, backend
         self.members, self.timeout_s = members, timeout_s
+        reap_abandoned()
         self.closed = False
         self._sends: list = []        # (work, dst, tensor) posted by send(), not yet completed
         self.store = connect_store(members, rank, world, timeout_s, store)
@@ -88,7 +98,7 @@ class TorchGroup:
         except Exception as e:
             raise CollectiveError(f"collective group {name!r}: torch {backend} could not "
                                   f"start: {e}") from None
-        self._abandoned = False       # a gloo collective was left pending (see _ABANDONED)
+        self._abandoned: list = []    # futures of gloo collectives left pending (see _ABANDONED)
         self._others = Others({r: m for r, m in enumerate(members) if r != rank},
                               here=members[rank]["node_id"])
         self._watchdog = Watchdog(name, self._others, self._on_death)
@@ -164,7 +174,7 @@ class TorchGroup:
         while not done.wait(LOCAL_S):
             failure = self._watchdog.failure
             if failure or time.monotonic() >= deadline:
-                self._abandoned = True
+                self._abandoned.append(future)
                 why = failure or f"timed out after {self.timeout_s + POLL_GRACE_S:g} s"
                 raise CollectiveError(f"collective group {self.name!r}: {why} (while {what})")
 
@@ -319,8 +329,10 @@ class TorchGroup:
         except Exception:
             pass
         if self._abandoned:
-            _ABANDONED.append(self.pg)
+            _ABANDONED.append((self.pg, self._abandoned))
+            self._abandoned = []
         self.pg = None
+        reap_abandoned()
 
 
 def _dtype_name(code: int) -> str:
