@@ -194,22 +194,25 @@ def test_allreduce_computes_every_op_on_small_and_large_arrays(group):
             np.testing.assert_array_equal(got, want, err_msg=f"rank {rank}, {op}, n={n}")
 
 
-def reduce_onto_last(rank, name, n):
-    world = col.get_collective_group_size(name)
-    a = data(rank, n)
-    result = col.reduce(a, dst_rank=world - 1, group_name=name, op=ReduceOp.SUM)
-    return result is a, result
+def reduce_onto(rank, name, n, dst):
+    results = []
+    for op in ReduceOp:
+        a = data(rank, n)
+        result = col.reduce(a, dst_rank=dst, group_name=name, op=op)
+        results.append((op, result is a, result))
+    return results
 
 
 @pytest.mark.parametrize("n", [SMALL, LARGE])
 def test_reduce_changes_only_the_destinations_tensor(group, n):
-    results = group.run(reduce_onto_last, n)
-    dst = group.world - 1
-    for rank, (same, got) in enumerate(results):
-        assert same
-        want = expected(ReduceOp.SUM, [data(r, n) for r in range(group.world)]) \
-            if rank == dst else data(rank, n)
-        np.testing.assert_array_equal(got, want, err_msg=f"rank {rank}")
+    for dst in (group.world - 1, 0):
+        for rank, results in enumerate(group.run(reduce_onto, n, dst)):
+            assert len(results) == len(ReduceOp)
+            for op, same, got in results:
+                assert same
+                want = expected(op, [data(r, n) for r in range(group.world)]) \
+                    if rank == dst else data(rank, n)
+                np.testing.assert_array_equal(got, want, err_msg=f"rank {rank}, {op}, dst {dst}")
 
 
 def broadcast_from_1(rank, name, n):
