@@ -9,6 +9,7 @@ from .core import get_core
 from .core.base import return_refs_for
 from .object_ref import ObjectRef
 from .options import ACTOR_OPTIONS, METHOD_OPTIONS, resource_request, strategy_wire, validate
+from .runtime_env import supported
 from .scheduler.task import ACTOR_CALL, ACTOR_CREATE, STREAMING, object_id_for
 from .serialization import dumps_function
 
@@ -86,6 +87,9 @@ class ActorClass:
             "name": name, "namespace": namespace, "lifetime": opts.get("lifetime"),
             "handle_meta": meta, "strategy": strategy_wire(opts),
         }
+        renv = supported(opts.get("runtime_env"))
+        if renv is not None:
+            actor_opts["renv"] = renv
         # an actor holds no CPU while it lives unless it asks for some (Ray's rule)
         resources = resource_request(opts, 0.0)
         spec, holders = core.build_spec(ACTOR_CREATE, self._class_id, self.__name__, args,

@@ -52,10 +52,8 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
     unknown = set(kwargs) - _IGNORED_INIT_OPTIONS
     if unknown:
         raise TypeError(f"init() got unexpected option(s): {', '.join(sorted(unknown))}")
-    runtime_env = kwargs.get("runtime_env") or {}
-    if set(runtime_env) - {"working_dir"}:
-        warnings.warn(f"shoal.init(runtime_env=...) supports working_dir only; ignored: "
-                      f"{', '.join(sorted(set(runtime_env) - {'working_dir'}))}", stacklevel=2)
+    from .runtime_env import check
+    runtime_env = check(kwargs.get("runtime_env"), "shoal.init()")
     # a cluster job ships its working directory like runtime_env's working_dir
     working_dir = runtime_env.get("working_dir") or os.environ.get("SHOAL_JOB_WORKING_DIR")
     if address is None:
@@ -76,7 +74,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
             core = connect(address, namespace, "tool" if _as_tool else "driver")
             _core_mod.set_core(core)
             atexit.register(shutdown)
-            _ship_working_dir(core, working_dir)
+            _use_runtime_env(core, working_dir, runtime_env.get("env_vars"))
             return _info(core, address)
         for key, v in (("num_cpus", num_cpus), ("num_gpus", num_gpus),
                        ("object_store_memory", object_store_memory)):
@@ -96,7 +94,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         _core_mod.set_core(core)
         atexit.register(shutdown)
         _open_doors(core, kwargs)
-        _ship_working_dir(core, working_dir)
+        _use_runtime_env(core, working_dir, runtime_env.get("env_vars"))
         return _info(core)
 
 
@@ -121,7 +119,9 @@ def _open_doors(core, kwargs: dict) -> None:
               file=sys.stderr, flush=True)
 
 
-def _ship_working_dir(core, working_dir: str | None) -> None:
+def _use_runtime_env(core, working_dir: str | None, env_vars: dict | None) -> None:
+    """The job's runtime_env, which its tasks and actors inherit (runtime_env.py)."""
+    core.env = dict(env_vars) if env_vars else None
     if working_dir:
         try:
             core.use_working_dir(working_dir)

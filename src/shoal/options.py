@@ -64,6 +64,9 @@ def validate(options: dict, allowed: set, what: str) -> dict:
         raise ValueError(f"name must be a string, got {name!r}")
     if options.get("scheduling_strategy") is not None or options.get("placement_group") is not None:
         strategy_wire(options)
+    if options.get("runtime_env") is not None:
+        from .runtime_env import check
+        check(options["runtime_env"], what)
     return options
 
 

@@ -9,6 +9,7 @@ from . import config
 from .core import get_core
 from .core.base import return_refs_for
 from .options import TASK_OPTIONS, resource_request, strategy_wire, validate
+from .runtime_env import supported
 from .scheduler.task import STREAMING, TASK
 from .serialization import dumps_function
 
@@ -44,7 +45,11 @@ class RemoteFunction:
             retries = config.get("max_task_retries_default")
         name = options.get("name") or self.__name__
         strategy = strategy_wire(options)
-        extra = {"strategy": strategy} if strategy is not None else None
+        extra = {"strategy": strategy} if strategy is not None else {}
+        renv = supported(options.get("runtime_env"))
+        if renv is not None:
+            extra["renv"] = renv
+        extra = extra or None
         return (name, n, resource_request(options, 1.0), retries, rex, extra)
 
     def __call__(self, *args, **kwargs):

@@ -1,5 +1,18 @@
-"""``runtime_env={"working_dir": ...}``: a driver's code directory on every
-node that runs its work.
+"""``runtime_env``: a working directory and environment variables for the
+work of a job, a task or an actor.
+
+Supported fields: ``working_dir`` (a local directory) and ``env_vars``
+(str -> str). Others (pip, conda, py_modules, container...) are ignored with
+a warning; a malformed field is a ValueError. ``shoal.init(runtime_env=)``
+sets the job's; ``@remote(runtime_env=)`` / ``.options(runtime_env=)`` a
+task's or an actor's. As in Ray, work inherits the runtime_env of whatever
+submitted it (the job, or the task or actor it was submitted from); a field
+given for a task or actor replaces the inherited one, except ``env_vars``,
+which is merged into the inherited variables (the task's win).
+
+Environment variables travel in the task's options (``"env"``). A worker
+sets them before a task and puts the previous values back after it; an
+actor's process keeps its own for its life.
 
 The driver packs the directory once (tar.gz, ``__pycache__`` left out, at
 most ``max_message_bytes``); the package's id is a hash of its bytes. The
@@ -18,8 +31,58 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 
 from .cluster.jobs import pack_working_dir, unpack_working_dir
+
+
+SUPPORTED = ("working_dir", "env_vars")
+
+
+def check(runtime_env, what: str) -> dict:
+    """The supported fields of a ``runtime_env`` (a ValueError saying what
+    is wrong with a malformed one; a warning naming the fields ignored)."""
+    if runtime_env is None:
+        return {}
+    if not isinstance(runtime_env, dict):
+        raise ValueError(f"{what}: runtime_env must be a dict, got {type(runtime_env).__name__}")
+    ignored = sorted(set(runtime_env) - set(SUPPORTED))
+    if ignored:
+        warnings.warn(f"{what}: shoal's runtime_env supports {' and '.join(SUPPORTED)} only; "
+                      f"ignored: {', '.join(ignored)}", stacklevel=4)
+    env = runtime_env.get("env_vars")
+    if env is not None and (not isinstance(env, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
+        raise ValueError(f"{what}: runtime_env env_vars must map names (str) to values (str), "
+                         f"got {env!r}")
+    wd = runtime_env.get("working_dir")
+    if wd is not None and not (isinstance(wd, (str, os.PathLike)) and os.path.isdir(wd)):
+        raise ValueError(f"{what}: runtime_env working_dir {wd!r} is not a directory (a local "
+                         f"directory is needed)")
+    return supported(runtime_env) or {}
+
+
+def supported(runtime_env) -> dict | None:
+    """The supported fields of an already checked ``runtime_env``, as a
+    task's or actor's options carry them ("renv"); None if none."""
+    fields = {k: runtime_env[k] for k in SUPPORTED if runtime_env.get(k) is not None} \
+        if runtime_env else None
+    return fields or None
+
+
+def set_env(env: dict) -> dict:
+    """In a worker: set ``env``; what ``restore_env`` needs to undo it."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    return saved
+
+
+def restore_env(saved: dict) -> None:
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def package(path: str, limit: int) -> tuple[bytes, bytes]:

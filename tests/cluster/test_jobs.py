@@ -108,7 +108,8 @@ def test_stopping_the_cluster_ends_running_jobs(head):
 def test_tasks_on_another_node_import_the_jobs_working_dir(head, tmp_path):
     """The working directory reaches the node that runs the job's tasks:
     they import its modules at run time and read its files (their current
-    directory), nested tasks and actors too."""
+    directory), nested tasks and actors too. So do the job's env_vars and a
+    task's own, merged."""
     launch.start_node(head["address"], num_cpus=1, resources={"edge": 1})
     wd = tmp_path / "project"
     wd.mkdir()
@@ -116,11 +117,15 @@ def test_tasks_on_another_node_import_the_jobs_working_dir(head, tmp_path):
     (wd / "data.txt").write_text("from the working dir\n")
     (wd / "main.py").write_text(
         "import os, shoal\n"
-        "shoal.init()\n"
+        "shoal.init(runtime_env={'env_vars': {'JOB_VAR': 'job', 'MINE': 'job'}})\n"
         "@shoal.remote(resources={'edge': 0.5})\n"
         "def f():\n"
         "    import helper\n"
         "    return helper.VALUE + 1, open('data.txt').read().strip()\n"
+        "@shoal.remote(resources={'edge': 0.5}, runtime_env={'env_vars': {'MINE': 'task'}})\n"
+        "def g():\n"
+        "    import helper\n"
+        "    return helper.VALUE, os.environ['JOB_VAR'], os.environ['MINE']\n"
         "@shoal.remote(resources={'edge': 0.5})\n"
         "def outer():\n"
         "    return shoal.get(f.remote())\n"
@@ -130,8 +135,8 @@ def test_tasks_on_another_node_import_the_jobs_working_dir(head, tmp_path):
         "        import helper\n"
         "        return helper.VALUE\n"
         "print('results', shoal.get(f.remote()), shoal.get(outer.remote()),\n"
-        "      shoal.get(A.remote().value.remote()))\n")
+        "      shoal.get(A.remote().value.remote()), shoal.get(g.remote()))\n")
     out = cli("job", "submit", "--working-dir", str(wd), "--", "python", "main.py")
     assert out.returncode == 0, out.stderr
     expected = (42, "from the working dir")
-    assert f"results {expected} {expected} 41" in out.stdout
+    assert f"results {expected} {expected} 41 (41, 'job', 'task')" in out.stdout

@@ -6,6 +6,7 @@ Hot paths here: ``submit`` (every ``.remote()``), ``encode_value`` and
 from __future__ import annotations
 
 import contextvars
+import os
 from collections import deque
 
 from .. import config
@@ -59,15 +60,26 @@ class Core:
         self.exported: set = set()
         self.ref_log: deque = deque()
         self.wd = None       # the working-dir package this process's tasks carry
+        self.env = None      # the env_vars they carry (runtime_env.py)
+        self._packages: dict = {}    # directory -> package id, shipped already
         set_ref_log(self.ref_log)
 
     def use_working_dir(self, path: str) -> None:
         """Ship directory ``path`` to the nodes that run this driver's work
         (runtime_env={"working_dir": path}; see runtime_env.py)."""
-        from ..runtime_env import package
-        wd, data = package(path, config.get("max_message_bytes"))
-        self.request("package_put", wd, data)
-        self.wd = wd
+        self.wd = self.package_dir(path)
+
+    def package_dir(self, path: str) -> bytes:
+        """The id of directory ``path`` packed and handed to this node (once
+        per directory for this process's life)."""
+        key = os.path.abspath(path)
+        wd = self._packages.get(key)
+        if wd is None:
+            from ..runtime_env import package
+            wd, data = package(key, config.get("max_message_bytes"))
+            self.request("package_put", wd, data)
+            self._packages[key] = wd
+        return wd
 
     # ---------------------------------------------------------- values
     def encode_value(self, value) -> tuple:
@@ -127,13 +139,31 @@ class Core:
             (packed, layout), deps, contained, holders = _EMPTY_ARGS, (), (), ()
         else:
             packed, layout, deps, contained, holders = self._pack_args(name, args, kwargs)
-        if self.wd is not None and kind != ACTOR_CALL:     # a working dir (runtime_env.py)
-            options = {**options, "wd": self.wd} if options else {"wd": self.wd}
+        if kind != ACTOR_CALL and (self.wd is not None or self.env is not None or (
+                options is not None and "renv" in options)):
+            options = self._with_runtime_env(options)
         spec = TaskSpec(new_task_id(), kind, function_id, name, packed, layout, deps,
                         num_returns, resources, max_retries, retry_exceptions, contained,
                         self.context.task_id, actor_id, method, options,
                         self.context.job_id or self.job_id)
         return spec, holders
+
+    def _with_runtime_env(self, options: dict | None) -> dict:
+        """``options`` with the working dir and env_vars the call carries:
+        this process's, with the call's own runtime_env over them (its
+        env_vars merged in). See runtime_env.py."""
+        options = dict(options) if options else {}
+        renv = options.pop("renv", None) or {}
+        wd, env = self.wd, self.env
+        if "working_dir" in renv:
+            wd = self.package_dir(renv["working_dir"])
+        if "env_vars" in renv:
+            env = {**(env or {}), **renv["env_vars"]}
+        if wd is not None:
+            options["wd"] = wd
+        if env:
+            options["env"] = env
+        return options or None
 
     def _pack_args(self, name, args, kwargs):
         deps = []

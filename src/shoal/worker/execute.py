@@ -23,24 +23,42 @@ class ActorExit(BaseException):
 
 
 class Prepared:
-    __slots__ = ("spec", "fn", "args", "kwargs")
+    __slots__ = ("spec", "fn", "args", "kwargs", "env_saved")
 
-    def __init__(self, spec, fn, args, kwargs):
+    def __init__(self, spec, fn, args, kwargs, env_saved=None):
         self.spec = spec
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
+        self.env_saved = env_saved     # what to put back after the task (runtime_env.py)
 
 
 def prepare(core, functions: dict, blobs: dict, msg: tuple) -> Prepared:
     _, wire, _, dep_values, assigned = msg
     spec = TaskSpec.from_wire(wire)
+    env_saved = None
     if spec.kind != ACTOR_CALL:
-        wd = spec.options.get("wd") if spec.options is not None else None
+        wd = env = None
+        if spec.options is not None:
+            wd, env = spec.options.get("wd"), spec.options.get("env")
         if wd is not None:          # its driver's working directory (runtime_env.py)
             from ..runtime_env import activate
             activate(wd)
-        core.wd = wd
+        if env is not None:         # its env_vars: for the task, or for the actor's life
+            from ..runtime_env import set_env
+            saved = set_env(env)
+            env_saved = saved if spec.kind != ACTOR_CREATE else None
+        core.wd, core.env = wd, env
+    try:
+        return _prepared(core, functions, blobs, spec, dep_values, assigned, env_saved)
+    except BaseException:
+        if env_saved is not None:
+            from ..runtime_env import restore_env
+            restore_env(env_saved)
+        raise
+
+
+def _prepared(core, functions, blobs, spec, dep_values, assigned, env_saved) -> Prepared:
     fid = spec.function_id
     if fid is not None and fid not in functions:
         functions[fid] = loads_function(blobs.pop(fid))
@@ -68,7 +86,7 @@ def prepare(core, functions: dict, blobs: dict, msg: tuple) -> Prepared:
         fn = getattr(core.actor_instance, spec.method)
     else:
         fn = functions[fid]
-    return Prepared(spec, fn, args, kwargs)
+    return Prepared(spec, fn, args, kwargs, env_saved)
 
 
 def finish_ok(core, spec: TaskSpec, result) -> tuple:

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..exceptions import ActorDiedError, TaskCancelledError
 from ..node.logs import LABEL_MARKER
+from ..runtime_env import restore_env
 from ..scheduler.task import ACTOR_CALL, ACTOR_CREATE, TaskSpec
 from ..transport import messages as m
 from ..transport.framing import ConnectionClosed
@@ -130,7 +131,7 @@ class WorkerLoop:
 
     def _execute(self, msg) -> None:     # hot: every task and actor call
         core = self.core
-        spec = None
+        spec = p = None
         started = time.time()
         try:
             p = prepare(core, self.functions, self.blobs, msg)
@@ -171,6 +172,8 @@ class WorkerLoop:
             done = finish_error(core, spec, e)
         finally:
             self.current = None
+            if p is not None and p.env_saved is not None:     # a task's runtime_env env_vars
+                restore_env(p.env_saved)
             sys.stdout.flush()
             sys.stderr.flush()
         self.cancelled.discard(spec.task_id)
