@@ -36,6 +36,19 @@ class RuntimeContext:
         return {"GPU": [str(i) for i in assigned[1]] if assigned else []}
 
     @property
+    def runtime_env(self) -> dict:
+        """The runtime_env this code runs with (the job's in a driver, the
+        task's or actor's in a worker): ``working_dir`` (the directory as
+        given in the driver, its unpacked copy in a worker) and ``env_vars``
+        (merged), where set."""
+        from .runtime_env import describe
+        return describe(self._core)
+
+    def get_runtime_env_string(self) -> str:
+        import json
+        return json.dumps(self.runtime_env, sort_keys=True)
+
+    @property
     def namespace(self) -> str:
         return self._core.namespace
 

@@ -70,6 +70,18 @@ def supported(runtime_env) -> dict | None:
     return fields or None
 
 
+def describe(core) -> dict:
+    """The runtime_env ``core``'s current work runs with."""
+    out = {}
+    if core.wd is not None:
+        given = [path for path, wd in core._packages.items() if wd == core.wd]
+        out["working_dir"] = given[0] if given else \
+            os.path.join(os.environ.get("SHOAL_PACKAGES_DIR", ""), core.wd.hex())
+    if core.env:
+        out["env_vars"] = dict(core.env)
+    return out
+
+
 def set_env(env: dict) -> dict:
     """In a worker: set ``env``; what ``restore_env`` needs to undo it."""
     saved = {k: os.environ.get(k) for k in env}

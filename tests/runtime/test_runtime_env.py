@@ -160,3 +160,21 @@ def test_runtime_env_fields_shoal_does_not_support_are_named_in_a_warning():
     with pytest.warns(UserWarning, match="supports working_dir and env_vars only; ignored: "
                                          "conda, pip"):
         shoal.remote(runtime_env={"pip": ["x"], "conda": "env", "env_vars": {}})(lambda: 1)
+
+
+@pytest.mark.timeout(60)
+def test_the_runtime_context_says_which_runtime_env_the_code_runs_with(project, shut):
+    shoal.init(num_cpus=1, runtime_env={"env_vars": {"A": "job"}})
+    assert shoal.get_runtime_context().runtime_env == {"env_vars": {"A": "job"}}
+
+    @shoal.remote(runtime_env={"working_dir": str(project), "env_vars": {"B": "task"}})
+    def f():
+        import os
+        renv = shoal.get_runtime_context().runtime_env
+        return renv, os.path.samefile(renv["working_dir"], os.getcwd()), \
+            sorted(os.listdir(renv["working_dir"]))
+
+    renv, is_cwd, files = shoal.get(f.remote(), timeout=30)
+    assert renv["env_vars"] == {"A": "job", "B": "task"} and is_cwd
+    assert files == ["data.txt", "wd_helper_mod.py"]
+    assert '"env_vars": {"A": "job"}' in shoal.get_runtime_context().get_runtime_env_string()
