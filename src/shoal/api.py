@@ -52,8 +52,10 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
     unknown = set(kwargs) - _IGNORED_INIT_OPTIONS
     if unknown:
         raise TypeError(f"init() got unexpected option(s): {', '.join(sorted(unknown))}")
-    from .runtime_env import check
+    from .runtime_env import check, job_env_vars
     runtime_env = check(kwargs.get("runtime_env"), "shoal.init()")
+    # a cluster job's env_vars (shoal job submit --runtime-env-json), under init's own
+    env_vars = {**job_env_vars(), **(runtime_env.get("env_vars") or {})}
     # a cluster job ships its working directory like runtime_env's working_dir
     working_dir = runtime_env.get("working_dir") or os.environ.get("SHOAL_JOB_WORKING_DIR")
     if address is None:
@@ -74,7 +76,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
             core = connect(address, namespace, "tool" if _as_tool else "driver")
             _core_mod.set_core(core)
             atexit.register(shutdown)
-            _use_runtime_env(core, working_dir, runtime_env.get("env_vars"))
+            _use_runtime_env(core, working_dir, env_vars)
             return _info(core, address)
         for key, v in (("num_cpus", num_cpus), ("num_gpus", num_gpus),
                        ("object_store_memory", object_store_memory)):
@@ -94,7 +96,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         _core_mod.set_core(core)
         atexit.register(shutdown)
         _open_doors(core, kwargs)
-        _use_runtime_env(core, working_dir, runtime_env.get("env_vars"))
+        _use_runtime_env(core, working_dir, env_vars)
         return _info(core)
 
 

@@ -4,7 +4,9 @@ work of a job, a task or an actor.
 Supported fields: ``working_dir`` (a local directory) and ``env_vars``
 (str -> str). Others (pip, conda, py_modules, container...) are ignored with
 a warning; a malformed field is a ValueError. ``shoal.init(runtime_env=)``
-sets the job's; ``@remote(runtime_env=)`` / ``.options(runtime_env=)`` a
+sets the job's (so does ``shoal job submit --runtime-env-json``: its
+env_vars reach the job's driver process and, through SHOAL_JOB_ENV_VARS,
+its ``shoal.init()``); ``@remote(runtime_env=)`` / ``.options(runtime_env=)`` a
 task's or an actor's. As in Ray, work inherits the runtime_env of whatever
 submitted it (the job, or the task or actor it was submitted from); a field
 given for a task or actor replaces the inherited one, except ``env_vars``,
@@ -68,6 +70,13 @@ def supported(runtime_env) -> dict | None:
     fields = {k: runtime_env[k] for k in SUPPORTED if runtime_env.get(k) is not None} \
         if runtime_env else None
     return fields or None
+
+
+def job_env_vars() -> dict:
+    """A cluster job's env_vars, in its driver process (cluster/job_cli.py)."""
+    import json
+    raw = os.environ.get("SHOAL_JOB_ENV_VARS")
+    return json.loads(raw) if raw else {}
 
 
 def describe(core) -> dict:

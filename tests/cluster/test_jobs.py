@@ -46,6 +46,41 @@ def test_a_job_with_a_working_dir_runs_on_the_cluster(head, tmp_path):
     assert "SUCCEEDED" in listed.stdout and "python main.py" in listed.stdout
 
 
+def test_a_jobs_runtime_env_json_reaches_its_driver_tasks_and_actors(head, tmp_path):
+    wd = tmp_path / "project"
+    wd.mkdir()
+    (wd / "main.py").write_text(
+        "import os, shoal\n"
+        "shoal.init(runtime_env={'env_vars': {'MINE': 'init'}})\n"
+        "@shoal.remote\n"
+        "def f():\n"
+        "    return os.environ.get('JOB_VAR'), os.environ.get('MINE')\n"
+        "@shoal.remote(num_cpus=0)\n"
+        "class A:\n"
+        "    def env(self):\n"
+        "        return os.environ.get('JOB_VAR')\n"
+        "print('env', os.environ.get('JOB_VAR'), shoal.get(f.remote()),\n"
+        "      shoal.get(A.remote().env.remote()))\n")
+    renv = '{"env_vars": {"JOB_VAR": "job", "MINE": "job"}, "working_dir": "%s"}' % wd
+    out = cli("job", "submit", "--runtime-env-json", renv, "--", "python", "main.py")
+    assert out.returncode == 0, out.stderr
+    assert "env job ('job', 'init') job" in out.stdout      # init's own env_vars win
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--runtime-env-json", "{env_vars"], "--runtime-env-json is not valid JSON"),
+    (["--runtime-env-json", '{"env_vars": {"A": 1}}'],
+     r"--runtime-env-json: runtime_env env_vars must map names \(str\) to values \(str\)"),
+    (["--runtime-env-json", '{"working_dir": "."}', "--working-dir", "."],
+     "the working directory is given twice"),
+])
+def test_a_bad_runtime_env_json_is_refused_before_anything_runs(head, args, message):
+    import re
+    out = cli("job", "submit", *args, "--", "python", "-c", "print('ran')")
+    assert out.returncode != 0 and re.search(message, out.stderr), out.stderr
+    assert "ran" not in out.stdout and "python -c" not in cli("job", "list").stdout
+
+
 def test_a_failing_job_reports_its_exit_code(head):
     out = cli("job", "submit", "--", sys.executable, "-c",
               "import sys; print('bye'); sys.exit(3)")

@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     submit = jobs.add_parser("submit", help="run `-- COMMAND...` on the cluster")
     submit.add_argument("--working-dir", default=None,
                         help="a directory shipped to the cluster; the command runs in it")
+    submit.add_argument("--runtime-env-json", default=None, metavar="JSON",
+                        help='the job\'s runtime_env, e.g. \'{"env_vars": {"K": "V"}, '
+                             '"working_dir": "."}\' (its tasks and actors inherit it)')
     submit.add_argument("--no-wait", action="store_true",
                         help="print the job id and return instead of following its output")
     submit.add_argument("entrypoint", nargs=argparse.REMAINDER)

@@ -1,11 +1,13 @@
 """``shoal job submit|status|logs|stop|list``: the CLI side of cluster/jobs.py."""
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 import time
 
 from .. import config
+from ..runtime_env import check
 from .auth import find_token
 from .client import HeadClient
 from .jobs import pack_working_dir
@@ -30,6 +32,28 @@ def _follow(client: HeadClient, job_id: str, follow: bool = True) -> dict:
             time.sleep(0.1)       # poll the log while the job runs
 
 
+def _runtime_env(args) -> tuple[str | None, dict]:
+    """The job's working directory and the environment of its driver process
+    from --working-dir and --runtime-env-json. The env_vars also travel in
+    SHOAL_JOB_ENV_VARS, from which the driver's shoal.init() gives them to
+    the job's tasks and actors (runtime_env.py)."""
+    renv: dict = {}
+    if getattr(args, "runtime_env_json", None):
+        try:
+            parsed = json.loads(args.runtime_env_json)
+        except ValueError as e:
+            raise ValueError(f"--runtime-env-json is not valid JSON: {e}") from None
+        renv = check(parsed, "--runtime-env-json")
+    if args.working_dir and "working_dir" in renv:
+        raise ValueError("the working directory is given twice (--working-dir and "
+                         "--runtime-env-json's working_dir): give it once")
+    env_vars = renv.get("env_vars") or {}
+    env = dict(env_vars)
+    if env_vars:
+        env["SHOAL_JOB_ENV_VARS"] = json.dumps(env_vars)
+    return args.working_dir or renv.get("working_dir"), env
+
+
 def run(args) -> int:
     cmd = args.job_command
     with _client(args) as client:
@@ -38,9 +62,10 @@ def run(args) -> int:
             if not entry:
                 raise ValueError("give the command after --, e.g. "
                                  "`shoal job submit -- python script.py`")
-            archive = (pack_working_dir(args.working_dir, config.get("max_message_bytes") - 4096)
-                       if args.working_dir else None)
-            job_id = client.call("job_submit", shlex.join(entry), archive, {})
+            working_dir, env = _runtime_env(args)
+            archive = (pack_working_dir(working_dir, config.get("max_message_bytes") - 4096)
+                       if working_dir else None)
+            job_id = client.call("job_submit", shlex.join(entry), archive, env)
             print(f"job {job_id} submitted", file=sys.stderr)
             if args.no_wait:
                 print(job_id)
