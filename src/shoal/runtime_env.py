@@ -16,9 +16,10 @@ Environment variables travel in the task's options (``"env"``). A worker
 sets them before a task and puts the previous values back after it; an
 actor's process keeps its own for its life.
 
-The driver packs the directory once (tar.gz, ``__pycache__`` left out, at
-most ``max_message_bytes``); the package's id is a hash of its bytes. The
-driver's node keeps the bytes and unpacks them into its packages directory;
+The process that submits the work (a driver, or a worker for a task that
+gives a working_dir of its own) packs the directory once (tar.gz,
+``__pycache__`` left out, at most ``max_message_bytes``); the package's id
+is a hash of its bytes. That process's node keeps the bytes and unpacks them into its packages directory;
 every task and actor the driver (or a task of it) submits carries the id in
 its options (``"wd"``); a node that forwards such a task sends the package
 over the link first, once per link (node/packages.py). A worker that runs a
@@ -57,6 +58,11 @@ def check(runtime_env, what: str) -> dict:
             isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
         raise ValueError(f"{what}: runtime_env env_vars must map names (str) to values (str), "
                          f"got {env!r}")
+    for k, v in (env or {}).items():
+        if not k or "=" in k or "\0" in k or "\0" in v:
+            raise ValueError(f"{what}: runtime_env env_vars has {k!r}: {v!r}, which cannot be "
+                             f"an environment variable (names need at least one character, "
+                             f"no '=' and no NUL; values no NUL)")
     wd = runtime_env.get("working_dir")
     if wd is not None and not (isinstance(wd, (str, os.PathLike)) and os.path.isdir(wd)):
         raise ValueError(f"{what}: runtime_env working_dir {wd!r} is not a directory (a local "

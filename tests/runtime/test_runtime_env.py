@@ -137,6 +137,8 @@ def test_a_task_or_actor_can_have_a_working_dir_of_its_own(project, shut):
      r"runtime_env env_vars must map names \(str\) to values \(str\), got \{'A': 1\}"),
     ({"env_vars": ["A=1"]}, r"runtime_env env_vars must map names"),
     ("A=1", "runtime_env must be a dict, got str"),
+    ({"env_vars": {"A=B": "1"}}, "runtime_env env_vars has 'A=B': '1', which cannot be"),
+    ({"env_vars": {"": "1"}}, "runtime_env env_vars has '': '1', which cannot be"),
     ({"working_dir": "/nonexistent/dir"},
      "runtime_env working_dir '/nonexistent/dir' is not a directory"),
 ])
