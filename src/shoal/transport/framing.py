@@ -155,11 +155,13 @@ class Connection:
                 messages.append(pickle.loads(data[pos + 4:end]))
                 pos = end
         finally:
-            leftover = data[pos:].tobytes() if pos < n else b""
+            joined = bool(buf)
             data.release()
-            if buf:
-                buf.clear()
-            buf += leftover
+            if joined:                # drop what was parsed; no copy while a frame grows
+                if pos:
+                    del buf[:pos]
+            elif pos < n:             # keep a frame's start for the next read
+                buf += view[pos:got]
         return messages
 
     def close(self) -> None:
